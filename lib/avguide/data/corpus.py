@@ -1,0 +1,187 @@
+"""The on-disk 3D talking-face corpus (processed VOCASET / FaceFormer convention) and its loader.
+
+Layout of a corpus root (what the synthetic generator and the VOCASET / BIWI readers write)::
+
+    manifest.csv          utterance,subject,sentence,split,text,n_frames,fps,wav,vertices
+    wav/<utt>.wav          16 kHz mono PCM
+    vertices_npy/<utt>.npy float32, frames x (V*3)
+    templates.npz          one (V, 3) float32 array per subject
+    topology.npz           faces (F, 3), lip_ids, upper_face_ids (and optional albedo, part)
+    phonemes.csv           optional: utterance,index,phoneme,viseme,start_s,end_s
+
+Everything written is a safe format (CSV, WAV, NPY, NPZ without pickles).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avguide.data.audio import load_wav
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["utterance", "subject", "sentence", "split", "text", "n_frames", "fps", "wav", "vertices"]
+SPLITS = ("train", "val", "test")
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing or does not hold what the format says."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Mesh connectivity shared by every subject of a corpus, with the evaluation regions."""
+
+    faces: np.ndarray  # (F, 3) int64
+    lip_ids: np.ndarray  # vertex ids of the lip region (LVE, lip-vertex loss)
+    upper_face_ids: np.ndarray  # vertex ids of the upper face (FDD)
+    albedo: np.ndarray | None = None  # (V,) grey-level albedo, synthetic corpus only
+    part: np.ndarray | None = None  # (V,) part label (see avguide.face.template.PARTS)
+
+    def save(self, path: Path) -> None:
+        arrays = {"faces": self.faces, "lip_ids": self.lip_ids, "upper_face_ids": self.upper_face_ids}
+        if self.albedo is not None:
+            arrays["albedo"] = self.albedo
+        if self.part is not None:
+            arrays["part"] = self.part
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Topology":
+        path = Path(path)
+        if not path.is_file():
+            raise CorpusError(f"{path}: mesh topology file not found")
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"faces", "lip_ids", "upper_face_ids"} - set(z.files)
+            if missing:
+                raise CorpusError(f"{path}: expected arrays faces, lip_ids, upper_face_ids; missing {sorted(missing)}")
+            return cls(
+                faces=z["faces"].astype(np.int64),
+                lip_ids=z["lip_ids"].astype(np.int64),
+                upper_face_ids=z["upper_face_ids"].astype(np.int64),
+                albedo=z["albedo"] if "albedo" in z.files else None,
+                part=z["part"] if "part" in z.files else None,
+            )
+
+
+def save_templates(path: Path, templates: dict[str, np.ndarray]) -> None:
+    np.savez(path, **{s: np.asarray(v, dtype=np.float32) for s, v in sorted(templates.items())})
+
+
+def load_templates(path: Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: templates file not found")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k].astype(np.float32) for k in z.files}
+
+
+def write_manifest(path: Path, rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise CorpusError(f"{path}: manifest rows lack columns {missing}")
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    df = df[MANIFEST_COLUMNS + extra].sort_values("utterance", kind="stable").reset_index(drop=True)
+    df.to_csv(path, index=False, lineterminator="\n")
+    return df
+
+
+def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: manifest not found (is the corpus built? run `dvc repro prepare`)")
+    df = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise CorpusError(f"{path}: manifest lacks columns {missing}; has {list(df.columns)}")
+    if "split" in df.columns:
+        bad = sorted(set(df["split"]) - set(SPLITS))
+        if bad:
+            raise CorpusError(f"{path}: split must be one of {SPLITS}; found {bad}")
+    empty = df.loc[df["text"].str.strip() == "", "utterance"].tolist()
+    if empty:
+        raise CorpusError(f"{path}: empty transcript for utterance(s) {empty[:5]}")
+    return df
+
+
+class Corpus:
+    """A 3D corpus on disk: manifest, templates, topology, and per-utterance audio and vertices."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CorpusError(f"{self.root}: corpus folder not found")
+        self.manifest = read_manifest(self.root / "manifest.csv")
+        self.templates = load_templates(self.root / "templates.npz")
+        self.topology = Topology.load(self.root / "topology.npz")
+        unknown = sorted(set(self.manifest["subject"]) - set(self.templates))
+        if unknown:
+            raise CorpusError(f"{self.root / 'templates.npz'}: no template for subject(s) {unknown}")
+        self.n_vertices = next(iter(self.templates.values())).shape[0]
+        if self.topology.faces.size and self.topology.faces.max() >= self.n_vertices:
+            raise CorpusError(
+                f"{self.root / 'topology.npz'}: faces index vertex {self.topology.faces.max()}, "
+                f"templates have {self.n_vertices} vertices"
+            )
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+    @property
+    def subjects(self) -> dict[str, list[str]]:
+        """Subjects per split, sorted."""
+        return {s: sorted(self.manifest.loc[self.manifest["split"] == s, "subject"].unique()) for s in SPLITS}
+
+    def row(self, utterance: str) -> pd.Series:
+        hit = self.manifest[self.manifest["utterance"] == utterance]
+        if hit.empty:
+            raise KeyError(f"{self.root / 'manifest.csv'}: no utterance {utterance!r}")
+        return hit.iloc[0]
+
+    def vertices(self, utterance: str) -> np.ndarray:
+        """(T, V, 3) float32 vertex positions, checked against the template and the audio length."""
+        row = self.row(utterance)
+        path = self.root / row["vertices"]
+        return load_vertices(path, self.n_vertices)
+
+    def audio(self, utterance: str) -> np.ndarray:
+        """16 kHz mono float32 waveform (downmixed / resampled with a warning if the file is not)."""
+        return load_wav(self.root / self.row(utterance)["wav"])
+
+    def check_lengths(self, utterance: str) -> None:
+        """Audio and motion must cover the same time, within one frame."""
+        row = self.row(utterance)
+        check_av_lengths(self.root / row["wav"], len(self.audio(utterance)), len(self.vertices(utterance)), row["fps"])
+
+
+def load_vertices(path: Path, n_vertices: int) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: vertex file not found")
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim == 2 and arr.shape[1] % 3 == 0:
+        arr = arr.reshape(arr.shape[0], -1, 3)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise CorpusError(f"{path}: expected frames x (V*3) vertices, found shape {arr.shape}")
+    if arr.shape[1] != n_vertices:
+        raise CorpusError(f"{path}: {arr.shape[1]} vertices per frame, the template has {n_vertices}")
+    if not np.isfinite(arr).all():
+        raise CorpusError(f"{path}: vertices contain NaN or infinite values")
+    return arr.astype(np.float32, copy=False)
+
+
+def check_av_lengths(wav_path: Path, n_samples: int, n_frames: int, fps: float, sample_rate: int = 16000) -> None:
+    expected = n_samples / sample_rate * fps
+    if abs(expected - n_frames) > 1.0:
+        raise CorpusError(
+            f"{wav_path}: audio lasts {n_samples / sample_rate:.3f} s = {expected:.1f} frames at {fps} fps, "
+            f"but the motion has {n_frames} frames (more than one frame apart)"
+        )
