@@ -95,7 +95,7 @@ def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS) -> pd.Data
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: manifest not found (is the corpus built? run `dvc repro prepare`)")
-    df = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={"text": str, "utterance": str, "subject": str}, keep_default_na=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise CorpusError(f"{path}: manifest lacks columns {missing}; has {list(df.columns)}")
@@ -139,6 +139,14 @@ class Corpus:
     def subjects(self) -> dict[str, list[str]]:
         """Subjects per split, sorted."""
         return {s: sorted(self.manifest.loc[self.manifest["split"] == s, "subject"].unique()) for s in SPLITS}
+
+    def summary(self) -> pd.DataFrame:
+        """Subjects, utterances, frames and minutes of motion per split."""
+        m = self.manifest.assign(seconds=self.manifest["n_frames"] / self.manifest["fps"])
+        g = m.groupby("split")
+        out = pd.DataFrame({"subjects": g["subject"].nunique(), "utterances": g.size(), "frames": g["n_frames"].sum(),
+                            "minutes": (g["seconds"].sum() / 60).round(2), "mean_s": g["seconds"].mean().round(2)})
+        return out.reindex([s for s in SPLITS if s in out.index])
 
     def row(self, utterance: str) -> pd.Series:
         hit = self.manifest[self.manifest["utterance"] == utterance]

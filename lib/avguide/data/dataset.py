@@ -53,7 +53,7 @@ class TalkingFaceDataset(Dataset):
         self.tokens: list[list[int]] = []
         for utt, raw in zip(rows["utterance"], rows["text"]):
             text = normalize_text(str(raw))
-            if False:
+            if not text:
                 raise CorpusError(
                     f"{manifest}: utterance {utt!r} has an empty transcript after normalisation "
                     f"(expected at least one letter, found {raw!r})"

@@ -224,7 +224,7 @@ def _read_obj_polygons(path: Path) -> list[list[int]]:
                     raise CorpusError(f"{path}:{lineno}: cannot read face line {line.strip()!r}") from None
                 if 0 in ids:
                     raise CorpusError(f"{path}:{lineno}: OBJ indices are 1-based, found 0 in {line.strip()!r}")
-                polygons.append([i - 1 if i > 0 else n_vertices + i for i in ids])
+                polygons.append([i - 1 for i in ids])
     return polygons
 
 

@@ -110,8 +110,3 @@ class Rig:
         y = y - 0.007 * blink * self.w_lid + 0.004 * brow * self.w_brow
         z = z - 0.002 * blink * self.w_lid
         return np.stack([x, y, z], -1).astype(np.float32)
-
-    def lip_gap(self, vertices: np.ndarray) -> np.ndarray:
-        """Inner-lip distance at the mouth's midline, per frame (metres)."""
-        j = N_ANGLES // 4 - 1  # contour ids start next to the right corner; this is the midline column
-        return vertices[:, self.contour_up[j], 1] - vertices[:, self.contour_low[j], 1]

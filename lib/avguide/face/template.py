@@ -193,3 +193,10 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
         teeth_lower=teeth_lower,
         shape=shape,
     )
+
+
+def lip_opening(vertices: np.ndarray) -> np.ndarray:
+    """Inner-lip distance at the mouth's midline (metres), for (..., V, 3) vertices of this template."""
+    mid = N_ROLL * N_ANGLES + N_ANGLES // 4  # top of the mouth opening
+    partner = N_ROLL * N_ANGLES + 3 * N_ANGLES // 4  # bottom
+    return vertices[..., mid, 1] - vertices[..., partner, 1]
