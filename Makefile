@@ -7,14 +7,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v 'is ignored' || true
+	$(BIN)/python -m pip install --quiet -e . 2>&1 | grep -v 'is ignored' || true
+	$(BIN)/python -c 'import avguide, torch, torchaudio'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 reproduce: setup
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider

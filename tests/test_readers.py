@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avguide.data.audio import load_wav, resample
+from avguide.data.audio import resample
 from avguide.data.biwi import prepare_biwi
 from avguide.data.corpus import MANIFEST_COLUMNS, Corpus, CorpusError
 from avguide.data.readers import read_faces
@@ -83,7 +83,8 @@ def make_raw(root: Path, broken: bool = False) -> dict:
     raw = root / "raw"
     raw.mkdir(parents=True)
     templates = {s: rng.normal(size=(V, 3)) for s in (TRAIN, VAL, TEST)}
-    items = {(s, q): 24 + 6 * i for i, (s, q) in enumerate((s, q) for s in templates for q in ("sentence01", "sentence02"))}
+    keys = [(s, q) for s in templates for q in ("sentence01", "sentence02")]
+    items = {k: 24 + 6 * i for i, k in enumerate(keys)}  # motion frames at 60 fps
     audio_s = {k: n / 60 for k, n in items.items()}  # audio exactly as long as the motion
     if broken:
         items[(TRAIN, "sentence03")] = 20  # motion, no audio
@@ -106,7 +107,7 @@ def make_raw(root: Path, broken: bool = False) -> dict:
     if broken:
         index[TRAIN]["sentence04"] = {}
     np.save(raw / "data_verts.npy", data_verts)
-    pcm = {k: (sine(round(t * 22000), 22000) * 32767).astype(np.int16) for k, t in audio_s.items() if k != (TRAIN, "sentence03")}
+    pcm = {k: (sine(round(t * 22000), 22000) * 32767).astype(np.int16) for k, t in audio_s.items()}
     raw_audio: dict = {s: {} for s in templates}
     for (s, q), a in pcm.items():
         raw_audio[s][q] = {"audio": a, "sample_rate": 22000}
@@ -241,9 +242,12 @@ def test_biwi_round_trip(tmp_path: Path) -> None:
     (tmp_path / "texts" / "transcripts.csv").write_text(
         'sentence,text\ne01,"I\'m Fine, thanks."\ne33,Good MORNING\ne37,see   you\n'
     )
-    corpus = Corpus(prepare_biwi(tmp_path / "out", processed_dir=proc, transcripts_dir=tmp_path / "texts", faces_path=obj))
+    out = prepare_biwi(tmp_path / "out", processed_dir=proc, transcripts_dir=tmp_path / "texts", faces_path=obj)
+    corpus = Corpus(out)
     split = dict(zip(corpus.manifest["utterance"], corpus.manifest["split"]))
-    assert split == {"F1_e01": "test", "F1_e33": "test", "F1_e37": "test", "F2_e01": "train", "F2_e33": "val", "F2_e37": "test"}
+    assert split == {
+        "F1_e01": "test", "F1_e33": "test", "F1_e37": "test", "F2_e01": "train", "F2_e33": "val", "F2_e37": "test",
+    }  # fmt: skip
     assert set(corpus.manifest["fps"]) == {25}
     assert corpus.row("F2_e01")["text"] == "i'm fine thanks" and corpus.row("F1_e33")["text"] == "good morning"
     np.testing.assert_array_equal(corpus.topology.faces, [[0, 1, 2], [0, 2, 3], [4, 5, 6], [29, 28, 27]])
@@ -300,15 +304,17 @@ def test_processed_missing_wav(tmp_path: Path) -> None:
 
 def test_vertex_count_differs_from_template(tmp_path: Path) -> None:
     args = processed_fixture(tmp_path)
-    np.save(tmp_path / "processed" / "vertices_npy" / f"{TRAIN}_sentence01.npy", np.zeros((10, (V - 1) * 3), np.float32))
-    with pytest.raises(CorpusError, match=rf"{TRAIN}_sentence01\.npy: {V - 1} vertices per frame, the template has {V}"):
+    npy = tmp_path / "processed" / "vertices_npy" / f"{TRAIN}_sentence01.npy"
+    np.save(npy, np.zeros((10, (V - 1) * 3), np.float32))
+    with pytest.raises(CorpusError, match=rf"{npy.name}: {V - 1} vertices per frame, the template has {V}"):
         prepare_vocaset(tmp_path / "out", **args)
 
 
 def test_processed_lengths_disagree(tmp_path: Path) -> None:
     args = processed_fixture(tmp_path)
     sf.write(tmp_path / "processed" / "wav" / f"{TRAIN}_sentence02.wav", sine(16000, 16000), 16000)  # 1 s vs 13 frames
-    with pytest.raises(CorpusError, match=rf"{TRAIN}_sentence02\.wav.*30\.0 frames at 30 fps, but the motion has 13 frames"):
+    expected = rf"{TRAIN}_sentence02\.wav.*30\.0 frames at 30 fps, but the motion has 13 frames"
+    with pytest.raises(CorpusError, match=expected):
         prepare_vocaset(tmp_path / "out", **args)
 
 
@@ -316,6 +322,13 @@ def test_empty_transcript(tmp_path: Path) -> None:
     args = processed_fixture(tmp_path)
     (tmp_path / "texts" / "sentence02.txt").write_text("?! 42 \n")
     with pytest.raises(CorpusError, match=r"sentence02\.txt: transcript is empty after normalisation"):
+        prepare_vocaset(tmp_path / "out", **args)
+
+
+def test_missing_transcript(tmp_path: Path) -> None:
+    args = processed_fixture(tmp_path)
+    (tmp_path / "texts" / "sentence02.txt").unlink()
+    with pytest.raises(CorpusError, match=rf"texts: no transcript for {TRAIN} sentence02 \(expected sentence02\.txt"):
         prepare_vocaset(tmp_path / "out", **args)
 
 

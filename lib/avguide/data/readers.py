@@ -149,14 +149,16 @@ def _read_ply_polygons(path: Path) -> list[list[int]]:
                 else:
                     raise ValueError
             except (IndexError, KeyError, ValueError):
-                raise CorpusError(f"{path}: cannot read PLY header line {line.decode('ascii', 'replace').strip()!r}") from None
+                text = line.decode("ascii", "replace").strip()
+                raise CorpusError(f"{path}: cannot read PLY header line {text!r}") from None
         body = f.read()
     if fmt not in _PLY_FORMATS:
         raise CorpusError(f"{path}: PLY format {fmt!r} not supported; expected one of {sorted(_PLY_FORMATS)}")
     face = next((e for e in elements if e[0] == "face"), None)
     index_prop = None
     if face is not None:
-        index_prop = next((p for p, t in face[2] if p in ("vertex_indices", "vertex_index") and isinstance(t, tuple)), None)
+        lists = [p for p, t in face[2] if isinstance(t, tuple)]
+        index_prop = next((p for p in lists if p in ("vertex_indices", "vertex_index")), None)
     if index_prop is None:
         raise CorpusError(f"{path}: expected 'element face' with 'property list uchar int vertex_indices'")
 
@@ -189,7 +191,7 @@ class _PlyBody:
                 return [int(self._scalar(typ[1])) for _ in range(n)]
             return self._scalar(typ)
         except (IndexError, ValueError, struct.error):
-            raise CorpusError(f"{self.path}: PLY data ends early or is malformed (at item {self.pos})") from None
+            raise CorpusError(f"{self.path}: PLY data ends early or is malformed (at offset {self.pos})") from None
 
     def skip(self, count: int, props: list) -> None:
         if all(isinstance(t, str) for _, t in props):  # fixed-size rows: jump over them
@@ -224,7 +226,7 @@ def _read_obj_polygons(path: Path) -> list[list[int]]:
                     raise CorpusError(f"{path}:{lineno}: cannot read face line {line.strip()!r}") from None
                 if 0 in ids:
                     raise CorpusError(f"{path}:{lineno}: OBJ indices are 1-based, found 0 in {line.strip()!r}")
-                polygons.append([i - 1 for i in ids])
+                polygons.append([i - 1 if i > 0 else n_vertices + i for i in ids])
     return polygons
 
 
@@ -282,7 +284,9 @@ class Transcripts:
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
         missing = {"sentence", "text"} - set(df.columns)
         if missing:
-            raise CorpusError(f"{csv}: expected columns sentence,text (and optionally subject); missing {sorted(missing)}")
+            raise CorpusError(
+                f"{csv}: expected columns sentence,text (and optionally subject); missing {sorted(missing)}"
+            )
         for i, row in df.iterrows():
             key = f"{row['subject']}_{row['sentence']}" if row.get("subject", "") else row["sentence"]
             if key in self.texts:
@@ -384,7 +388,9 @@ def _processed_loader(wav: Path, npy: Path, n_vertices: int) -> Callable[[], tup
     return load
 
 
-def fit_lengths(audio: np.ndarray, verts: np.ndarray, fps: float, max_trim_s: float, where: str) -> tuple[np.ndarray, np.ndarray, bool]:
+def fit_lengths(
+    audio: np.ndarray, verts: np.ndarray, fps: float, max_trim_s: float, where: str
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Make audio and motion agree within one frame: as they are, by trimming the longer one's end when they
     are at most `max_trim_s` apart, else BrokenItem. Returns (audio, vertices, trimmed)."""
     if len(audio) == 0 or len(verts) == 0:
@@ -433,14 +439,16 @@ def write_corpus(
 ) -> Path:
     """Check, trim and write every utterance, then templates.npz, topology.npz, manifest.csv and
     prepare_report.json ({written, skipped, trimmed, reasons: [{utterance, reason}]}).
-    Every input is checked before anything is written. `splits` is {split: [subject or
-    <subject>_<sentence>]}. A broken item is skipped with a warning if `skip_broken`, else a CorpusError."""
+    Templates, topology, transcripts and splits are checked before anything is written; manifest.csv is
+    written last. `splits` is {split: [subject or <subject>_<sentence>]}. A broken item is skipped with a
+    warning if `skip_broken`, else raised as a CorpusError."""
     n_vertices = next(iter(templates.values())).shape[0]
     missing = sorted({u.subject for u in utterances} - set(templates))
     if missing:
         raise CorpusError(f"{templates_source}: no template for subject(s) {missing}")
     topology = build_topology(faces_path, regions_dir, n_vertices)
     transcripts = Transcripts(transcripts_dir)
+    texts = {u.name: transcripts.text(u.subject, u.sentence) for u in utterances}
     assigned = assign_splits([(u.subject, u.sentence) for u in utterances], split_table(splits), dataset)
     step = frame_step(source_fps, fps)
     out = Path(out_dir)
@@ -448,7 +456,6 @@ def write_corpus(
     (out / "vertices_npy").mkdir(exist_ok=True)
     rows, reasons, trimmed = [], [], 0
     for u in sorted(utterances, key=lambda u: u.name):
-        text = transcripts.text(u.subject, u.sentence)
         try:
             audio, verts = u.load()
             audio, verts, was_trimmed = fit_lengths(audio, verts[::step], fps, max_trim_s, u.source)
@@ -464,8 +471,9 @@ def write_corpus(
         wav_rel, npy_rel = f"wav/{u.name}.wav", f"vertices_npy/{u.name}.npy"
         save_wav(out / wav_rel, audio)
         np.save(out / npy_rel, np.ascontiguousarray(verts, dtype=np.float32).reshape(len(verts), -1))
-        rows.append(dict(utterance=u.name, subject=u.subject, sentence=u.sentence, split=assigned[(u.subject, u.sentence)],
-                         text=text, n_frames=len(verts), fps=fps, wav=wav_rel, vertices=npy_rel))  # fmt: skip
+        split = assigned[(u.subject, u.sentence)]
+        rows.append(dict(utterance=u.name, subject=u.subject, sentence=u.sentence, split=split, text=texts[u.name],
+                         n_frames=len(verts), fps=fps, wav=wav_rel, vertices=npy_rel))  # fmt: skip
     if not rows:
         raise CorpusError(f"{out}: no usable utterance; {len(reasons)} skipped, first: {reasons[:1]}")
     save_templates(out / "templates.npz", templates)
@@ -474,5 +482,6 @@ def write_corpus(
     report = {"written": len(rows), "skipped": len(reasons), "trimmed": trimmed, "reasons": reasons}
     (out / "prepare_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log_fn = log.warning if reasons else log.info
-    log_fn("%s: wrote %d utterances, skipped %d broken, trimmed %d (see prepare_report.json)", out, len(rows), len(reasons), trimmed)
+    log_fn("%s: wrote %d utterances, skipped %d broken, trimmed %d (see prepare_report.json)",
+           out, len(rows), len(reasons), trimmed)  # fmt: skip
     return out

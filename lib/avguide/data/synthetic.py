@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -166,38 +169,54 @@ def speak_and_move(text: str, subject: Subject, rig: Rig, cfg: SyntheticConfig, 
     return speech.audio, rig.pose(params), params, speech.phonemes
 
 
-def build_corpus(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = True) -> Path:
-    """Write the synthetic corpus in the processed VOCASET/FaceFormer layout (see avguide.data.corpus)."""
+def _write_subject(out: Path, cfg: SyntheticConfig, si: int) -> tuple[list[dict], list[dict]]:
+    """All utterances of subject `si`: runs in a fresh process (see build_corpus)."""
+    table = load_table()
+    subj = make_subjects(cfg)[si]
+    rig = Rig(build_face(subj.shape), asymmetry=subj.asymmetry)
+    rows, phoneme_rows = [], []
+    sentences = sample_sentences(cfg.sentences_per_subject, np.random.default_rng([cfg.seed, 2, si]))
+    for ui, text in enumerate(sentences):
+        utt = f"{subj.name}_sentence{ui + 1:02d}"
+        rng = np.random.default_rng([cfg.seed, 3, si, ui])
+        audio, verts, _, phonemes = speak_and_move(text, subj, rig, cfg, rng, where=f"utterance {utt} ({text!r})")
+        save_wav(out / "wav" / f"{utt}.wav", audio)
+        np.save(out / "vertices_npy" / f"{utt}.npy", verts.reshape(len(verts), -1))
+        rows.append(dict(utterance=utt, subject=subj.name, sentence=f"sentence{ui + 1:02d}", split=subj.split,
+                         text=text, n_frames=len(verts), fps=cfg.fps, wav=f"wav/{utt}.wav",
+                         vertices=f"vertices_npy/{utt}.npy", duration_s=round(len(audio) / SAMPLE_RATE, 4)))
+        for k, (ph, start, end) in enumerate(phonemes):
+            phoneme_rows.append(dict(utterance=utt, index=k, phoneme=ph, viseme="+".join(table.of(ph)),
+                                     start_s=round(start, 6), end_s=round(end, 6)))
+    return rows, phoneme_rows
+
+
+def build_corpus(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = True, workers: int | None = None) -> Path:
+    """Write the synthetic corpus in the processed VOCASET/FaceFormer layout (see avguide.data.corpus).
+
+    libespeak-ng keeps internal state from one synthesis to the next (a second call in a process gives
+    audio a few samples off the first), so each subject is synthesised in a fresh process, its
+    utterances in a fixed order: the corpus is then the same whatever ran before and however many
+    workers run.
+    """
     out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)
     (out / "vertices_npy").mkdir(parents=True, exist_ok=True)
-    table = load_table()
     subjects = make_subjects(cfg)
-    rows, phoneme_rows, templates, mesh = [], [], {}, None
-    total = len(subjects) * cfg.sentences_per_subject
-    bar = tqdm(total=total, desc="synth3d", unit="utt", disable=not progress)
-    for si, subj in enumerate(subjects):
-        mesh = build_face(subj.shape)
-        rig = Rig(mesh, asymmetry=subj.asymmetry)
-        templates[subj.name] = mesh.vertices
-        sentences = sample_sentences(cfg.sentences_per_subject, np.random.default_rng([cfg.seed, 2, si]))
-        for ui, text in enumerate(sentences):
-            utt = f"{subj.name}_sentence{ui + 1:02d}"
-            rng = np.random.default_rng([cfg.seed, 3, si, ui])
-            audio, verts, _, phonemes = speak_and_move(text, subj, rig, cfg, rng, where=f"utterance {utt} ({text!r})")
-            save_wav(out / "wav" / f"{utt}.wav", audio)
-            np.save(out / "vertices_npy" / f"{utt}.npy", verts.reshape(len(verts), -1))
-            rows.append(dict(utterance=utt, subject=subj.name, sentence=f"sentence{ui + 1:02d}", split=subj.split,
-                             text=text, n_frames=len(verts), fps=cfg.fps, wav=f"wav/{utt}.wav",
-                             vertices=f"vertices_npy/{utt}.npy", duration_s=round(len(audio) / SAMPLE_RATE, 4)))
-            for k, (ph, start, end) in enumerate(phonemes):
-                phoneme_rows.append(dict(utterance=utt, index=k, phoneme=ph, viseme="+".join(table.of(ph)),
-                                         start_s=round(start, 6), end_s=round(end, 6)))
-            bar.update()
-    bar.close()
+    workers = workers or min(len(subjects), os.cpu_count() or 1, 2)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        jobs = [pool.submit(_write_subject, out, cfg, si) for si in range(len(subjects))]
+        for _ in tqdm(as_completed(jobs), total=len(jobs), desc="synth3d subjects", disable=not progress):
+            pass
+        results = [job.result() for job in jobs]
+    rows = [r for subject_rows, _ in results for r in subject_rows]
+    phoneme_rows = [r for _, subject_phonemes in results for r in subject_phonemes]
     write_manifest(out / "manifest.csv", rows)
     pd.DataFrame(phoneme_rows).to_csv(out / "phonemes.csv", index=False, lineterminator="\n")
-    save_templates(out / "templates.npz", templates)
+    meshes = {s.name: build_face(s.shape) for s in subjects}
+    save_templates(out / "templates.npz", {name: m.vertices for name, m in meshes.items()})
+    mesh = next(iter(meshes.values()))
     Topology(faces=mesh.faces, lip_ids=mesh.lip_ids, upper_face_ids=mesh.upper_face_ids,
              albedo=mesh.albedo, part=mesh.part).save(out / "topology.npz")
     meta = {"config": asdict(cfg), "subjects": [asdict(s) for s in subjects], "n_vertices": int(len(mesh.vertices))}
