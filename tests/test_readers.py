@@ -168,7 +168,7 @@ def test_raw_vocaset_round_trip(tmp_path: Path) -> None:
         assert sf.info(out / row["wav"]).samplerate == 16000
         assert abs(len(wav) / 16000 - len(seq) / 60) < 1e-3
         np.testing.assert_allclose(wav, resample(fx["pcm"][(s, q)] / 32768, 22000), atol=2e-4)
-        corpus.check_lengths(utt)
+        corpus.load(utt)
     for s, t in fx["templates"].items():
         np.testing.assert_allclose(corpus.templates[s], t, rtol=1e-6)
     np.testing.assert_array_equal(corpus.topology.faces, FACES)
@@ -196,7 +196,7 @@ def test_raw_vocaset_skips_and_counts_broken_items(tmp_path: Path, caplog: pytes
     assert f"{TRAIN}_sentence05" not in set(corpus.manifest["utterance"])
     trimmed = f"{TRAIN}_sentence06"  # 15 motion frames at 30 fps, 0.6 s of audio -> audio cut to 0.5 s
     assert corpus.row(trimmed)["n_frames"] == 15 and len(corpus.audio(trimmed)) == 8000
-    corpus.check_lengths(trimmed)
+    corpus.load(trimmed)
 
 
 def test_processed_vocaset_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -254,7 +254,7 @@ def test_biwi_round_trip(tmp_path: Path) -> None:
     for utt, (verts, audio) in fx["expected"].items():
         np.testing.assert_array_equal(corpus.vertices(utt), verts)
         np.testing.assert_allclose(corpus.audio(utt), audio, atol=1e-4)
-        corpus.check_lengths(utt)
+        corpus.load(utt)
 
 
 @pytest.mark.parametrize("binary", [False, True])

@@ -119,10 +119,15 @@ class Corpus:
         self.manifest = read_manifest(self.root / "manifest.csv")
         self.templates = load_templates(self.root / "templates.npz")
         self.topology = Topology.load(self.root / "topology.npz")
+        self._index = {u: i for i, u in enumerate(self.manifest["utterance"])}
         unknown = sorted(set(self.manifest["subject"]) - set(self.templates))
         if unknown:
             raise CorpusError(f"{self.root / 'templates.npz'}: no template for subject(s) {unknown}")
         self.n_vertices = next(iter(self.templates.values())).shape[0]
+        for name, t in self.templates.items():
+            if t.shape != (self.n_vertices, 3):
+                raise CorpusError(f"{self.root / 'templates.npz'}: template of {name!r} has shape {t.shape}, "
+                                  f"expected ({self.n_vertices}, 3) like the others")
         if self.topology.faces.size and self.topology.faces.max() >= self.n_vertices:
             raise CorpusError(
                 f"{self.root / 'topology.npz'}: faces index vertex {self.topology.faces.max()}, "
@@ -149,25 +154,31 @@ class Corpus:
         return out.reindex([s for s in SPLITS if s in out.index])
 
     def row(self, utterance: str) -> pd.Series:
-        hit = self.manifest[self.manifest["utterance"] == utterance]
-        if hit.empty:
+        if utterance not in self._index:
             raise KeyError(f"{self.root / 'manifest.csv'}: no utterance {utterance!r}")
-        return hit.iloc[0]
+        return self.manifest.iloc[self._index[utterance]]
 
     def vertices(self, utterance: str) -> np.ndarray:
-        """(T, V, 3) float32 vertex positions, checked against the template and the audio length."""
-        row = self.row(utterance)
-        path = self.root / row["vertices"]
-        return load_vertices(path, self.n_vertices)
+        """(T, V, 3) float32 vertex positions, checked against the template."""
+        return load_vertices(self.root / self.row(utterance)["vertices"], self.n_vertices)
 
     def audio(self, utterance: str) -> np.ndarray:
         """16 kHz mono float32 waveform (downmixed / resampled with a warning if the file is not)."""
         return load_wav(self.root / self.row(utterance)["wav"])
 
-    def check_lengths(self, utterance: str) -> None:
-        """Audio and motion must cover the same time, within one frame."""
+    def load(self, utterance: str) -> tuple[np.ndarray, np.ndarray]:
+        """Audio and vertices of one utterance, each read once, checked against each other and the manifest."""
         row = self.row(utterance)
-        check_av_lengths(self.root / row["wav"], len(self.audio(utterance)), len(self.vertices(utterance)), row["fps"])
+        wav_path, vert_path = self.root / row["wav"], self.root / row["vertices"]
+        audio, vertices = load_wav(wav_path), load_vertices(vert_path, self.n_vertices)
+        if len(vertices) != int(row["n_frames"]):
+            raise CorpusError(f"{vert_path}: {len(vertices)} frames, but {self.root / 'manifest.csv'} "
+                              f"says n_frames={row['n_frames']} for {utterance!r}")
+        try:
+            check_av_lengths(wav_path, len(audio), len(vertices), float(row["fps"]))
+        except CorpusError as e:
+            raise CorpusError(f"{e} ({vert_path})") from None
+        return audio, vertices
 
 
 def load_vertices(path: Path, n_vertices: int) -> np.ndarray:

@@ -5,8 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avguide.data.audio import load_wav
-from avguide.data.corpus import SPLITS, Corpus, CorpusError, check_av_lengths, load_vertices
+from avguide.data.corpus import SPLITS, Corpus, CorpusError
 from avguide.data.text import VOCAB, normalize_text
 
 
@@ -61,12 +60,6 @@ class TalkingFaceDataset(Dataset):
             self.texts.append(text)
             self.tokens.append(VOCAB.encode(text))
 
-        templates = corpus.root / "templates.npz"
-        for s in sorted(set(rows["subject"])):
-            shape = corpus.templates[s].shape
-            if shape != (corpus.n_vertices, 3):
-                raise CorpusError(f"{templates}: template of {s!r} has shape {shape}, expected ({corpus.n_vertices}, 3)")
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -74,20 +67,7 @@ class TalkingFaceDataset(Dataset):
         """Audio and vertices of row i, read once and checked against each other and the manifest."""
         if i in self._cache:
             return self._cache[i]
-        row = self.rows.iloc[i]
-        wav_path = self.corpus.root / row["wav"]
-        vert_path = self.corpus.root / row["vertices"]
-        audio = load_wav(wav_path)
-        vertices = load_vertices(vert_path, self.corpus.n_vertices)
-        if len(vertices) != int(row["n_frames"]):
-            raise CorpusError(
-                f"{vert_path}: {len(vertices)} frames, but {self.corpus.root / 'manifest.csv'} "
-                f"says n_frames={row['n_frames']} for {row['utterance']!r}"
-            )
-        try:
-            check_av_lengths(wav_path, len(audio), len(vertices), float(row["fps"]))
-        except CorpusError as e:
-            raise CorpusError(f"{e} ({vert_path})") from None
+        audio, vertices = self.corpus.load(self.rows.iloc[i]["utterance"])
         if self.cache:
             self._cache[i] = (audio, vertices)
         return audio, vertices
