@@ -2,11 +2,13 @@
 
 espeak-ng runs in synchronous mode with phoneme events: every phoneme event carries the sample index at
 which the phoneme starts in the synthesised audio, so the timings are exact, not estimated. The
-library is process-global state, so calls are serialised by a lock.
+library is process-global state, so calls are serialised by a lock, and its random generators are
+seeded before every call.
 """
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import struct
 import threading
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ class _Espeak:
         self._callback = _Callback(self._on_audio)  # keep a reference: ctypes must not free it
         self.lib.espeak_SetSynthCallback(self._callback)
         self.lock = threading.Lock()
+        self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
 
     def _on_audio(self, wav, n, events) -> int:
         if wav and n > 0:
@@ -81,8 +84,11 @@ class _Espeak:
             i += 1
         return 0
 
-    def synth(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    def synth(self, text: str, voice: Voice, seed: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
         with self.lock:
+            # Voices with breath noise draw from espeak-ng's generator and libc's rand(), seeded from the clock.
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
+            self.libc.srand(ctypes.c_uint(seed))
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise ValueError(f"espeak-ng has no voice {voice.name!r}")
             for key in ("rate", "pitch", "range"):
@@ -109,12 +115,17 @@ def strip_stress(phoneme: str) -> str:
     return phoneme.lstrip("',")
 
 
-def synthesize(text: str, voice: Voice = Voice()) -> Speech:
-    """Speak `text`; return 16 kHz audio and the phoneme segments with exact start times."""
+def synthesize(text: str, voice: Voice = Voice(), seed: int = 0) -> Speech:
+    """Speak `text`; return 16 kHz audio and the phoneme segments with exact start times.
+
+    libespeak-ng also keeps state from one call to the next (a second call in a process can come out a
+    few samples off the first), so a reproducible corpus makes its calls in a fixed order in a fresh
+    process (see avguide.data.synthetic.build_corpus).
+    """
     if not text.strip():
         raise ValueError("cannot synthesise an empty text")
     engine = _espeak()
-    wav, events = engine.synth(text, voice)
+    wav, events = engine.synth(text, voice, seed)
     if wav.size == 0:
         raise RuntimeError(f"espeak-ng produced no audio for {text!r} with voice {voice}")
     sr = engine.rate

@@ -29,7 +29,7 @@ from avguide.face.visemes import articulate, load_table, viseme_keys
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+VARIANTS = ("m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7")
 LANGUAGES = ("en-us", "en")
 
 
@@ -66,6 +66,8 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticConfig":
         d = dict(d)
+        if "fps" in d:
+            d["fps"] = float(d["fps"])
         var = Variation(**d.pop("variation", {}))
         style = d.pop("style", {})
         style = StyleRanges(**{k: tuple(v) if isinstance(v, list) else v for k, v in style.items()})
@@ -155,7 +157,7 @@ def non_speech_motion(times: np.ndarray, subject: Subject, rng: np.random.Genera
 def speak_and_move(text: str, subject: Subject, rig: Rig, cfg: SyntheticConfig, rng: np.random.Generator,
                    where: str = ""):
     """One utterance: audio (16 kHz), vertices (T, V, 3), rig parameters (T, 8), phoneme segments."""
-    speech = synthesize(text, subject.voice)
+    speech = synthesize(text, subject.voice, seed=int(rng.integers(2**31)))
     duration = len(speech.audio) / SAMPLE_RATE
     n_frames = max(1, int(round(duration * cfg.fps)))
     times = np.arange(n_frames) / cfg.fps + subject.av_lag_s
