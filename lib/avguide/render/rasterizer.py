@@ -1,0 +1,264 @@
+"""Batched soft rasterizer (SoftRas / DIB-R family) in plain PyTorch.
+
+Screen space: x right, y down in pixels (pixel (i, j) has its centre at (j + .5, i + .5)), z is depth with
+larger z closer. Front faces are clockwise on screen (counter-clockwise seen from +z in the world).
+
+Two passes. Selection (no gradient): every face lists the pixels of its bounding box grown by the blur
+radius as (pixel, face) candidates; the K front-most candidates per pixel that cover it or lie within the
+blur radius of a silhouette edge are kept. Then barycentrics, depth and signed distances are recomputed
+for the kept pairs from the vertex tensor, with gradient.
+
+Soft coverage only happens at silhouette edges: mesh boundary edges and edges whose neighbour is culled or
+faces the other way. Edges shared by two visible faces are hard, so a tessellated surface stays opaque.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BIG = 1e4  # distance (pixels) standing for "no silhouette edge"
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    image_size: int | tuple[int, int]  # H or (H, W)
+    faces_per_pixel: int = 4  # K
+    blur_sigma: float = 0.3  # soft edge width (pixels); 0 = hard edges
+    blur_eps: float = 1e-2  # candidates are kept where the edge coverage sigmoid(d / sigma) > eps
+    cull_backfaces: bool = False
+    clip_barycentrics: bool = True  # clamp to the face (so outside-edge pixels interpolate the edge's values)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def blur_radius(self) -> float:
+        """How far outside a silhouette edge (pixels) a face still contributes."""
+        if self.blur_sigma <= 0:
+            return 0.0
+        return self.blur_sigma * math.log(1 / self.blur_eps - 1)
+
+
+@dataclass
+class Fragments:
+    """The K front-most faces of every pixel, as a flat list of the filled slots (empty slots cost nothing).
+
+    Slots of one pixel are consecutive, front to back (`rank` 0 is the front-most).
+    """
+
+    pixel: torch.Tensor  # (N,) flat index into B * H * W
+    face: torch.Tensor  # (N,) face index
+    rank: torch.Tensor  # (N,) position among the pixel's K slots
+    bary: torch.Tensor  # (N, 3) barycentric coordinates (differentiable)
+    zbuf: torch.Tensor  # (N,) depth at the pixel (differentiable)
+    dist: torch.Tensor  # (N,) signed distance (pixels) to the nearest silhouette edge, > 0 inside
+    shape: tuple[int, int, int]  # B, H, W
+    faces_per_pixel: int
+
+    @property
+    def pix_to_face(self) -> torch.Tensor:
+        """Dense (B, H, W, K) face ids, -1 in empty slots (for inspection; the shader works on the slots)."""
+        b, h, w = self.shape
+        out = torch.full((b * h * w, self.faces_per_pixel), -1, dtype=torch.long, device=self.face.device)
+        out[self.pixel, self.rank] = self.face
+        return out.view(b, h, w, self.faces_per_pixel)
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def _seg_dist(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ab, ap = b - a, p - a
+    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+    d = ap - t[..., None] * ab
+    return ((d * d).sum(-1) + 1e-12).sqrt()
+
+
+def face_geometry(tri: torch.Tensor, p: torch.Tensor, soft: torch.Tensor, clip: bool = True):
+    """tri (N, 3, 3) screen triangles, p (N, 2) points, soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
+
+    Returns barycentrics (N, 3), depth (N,) and signed distance to the nearest soft edge (N,), > 0 inside.
+    """
+    x, y, z = tri.unbind(-1)  # (N, 3) each
+    dx, dy = x - p[:, 0:1], y - p[:, 1:2]
+    cross = dx * dy.roll(-1, 1) - dy * dx.roll(-1, 1)  # cross(v_i - p, v_i+1 - p): edges 01, 12, 20
+    area = cross.sum(-1, keepdim=True)  # twice the signed area, whatever p
+    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
+    bary = cross.roll(-1, 1) / area
+    inside = (bary >= 0).all(-1)
+    wc = bary.clamp_min(0)
+    wc = wc / wc.sum(-1, keepdim=True).clamp_min(1e-12)
+    if clip:
+        bary = wc
+    depth = (wc * z).sum(-1)
+    # Distances only where the face has a silhouette edge (most faces have none: they are never soft).
+    d = torch.full_like(depth, BIG)
+    rows = soft.any(-1).nonzero().squeeze(1) if soft.ndim == 2 else None
+    if rows is None:
+        raise ValueError(f"soft edge flags must be (N, 3); got {tuple(soft.shape)}")
+    if len(rows):
+        a, b, c, q = tri[rows, 0, :2], tri[rows, 1, :2], tri[rows, 2, :2], p[rows]
+        e = torch.stack([_seg_dist(q, a, b), _seg_dist(q, b, c), _seg_dist(q, c, a)], -1)
+        d = d.index_put((rows,), torch.where(soft[rows], e, torch.full_like(e, BIG)).amin(-1))
+    return bary, depth, torch.where(inside, d, -d)
+
+
+def _planes(tri: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) screen triangles -> (..., 3, 3) coefficients (a, b, c) of w0, w1 and depth = a x + b y + c."""
+    x, y, z = tri.unbind(-1)  # (..., 3) each
+    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (y[..., 1] - y[..., 0]) * (x[..., 2] - x[..., 0])
+    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
+
+    def edge(i, j):  # cross(v_i - p, v_j - p) / area, as a x + b y + c
+        return torch.stack([y[..., i] - y[..., j], x[..., j] - x[..., i], x[..., i] * y[..., j] - y[..., i] * x[..., j]], -1) / area[..., None]
+
+    e0, e1 = edge(1, 2), edge(2, 0)
+    e2 = -e0 - e1
+    e2[..., 2] += 1
+    depth = e0 * z[..., 0:1] + e1 * z[..., 1:2] + e2 * z[..., 2:3]
+    return torch.stack([e0, e1, depth], -2)
+
+
+def _altitudes(tri: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) screen triangles -> (N, 3) distance from each vertex to the line of the opposite edge (pixels)."""
+    xy = tri[..., :2]
+    edge = xy.roll(-1, -2) - xy  # edges 01, 12, 20
+    twice_area = (edge[:, 0, 0] * -edge[:, 2, 1] - edge[:, 0, 1] * -edge[:, 2, 0]).abs()
+    length = edge.norm(dim=-1).clamp_min(1e-12)  # |01|, |12|, |20|: opposite vertices 2, 0, 1
+    return twice_area[:, None] / length[:, [1, 2, 0]]
+
+
+def _edge_neighbours(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
+    """(F, 3) face across each edge (v0v1, v1v2, v2v0), -1 on boundary or non-manifold edges."""
+    e = faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2)
+    key = e.amin(1) * n_verts + e.amax(1)
+    key, order = key.sort()
+    n = len(key)
+    same = key[1:] == key[:-1]  # position i pairs with i + 1
+    prev_same = torch.cat([same.new_zeros(1), same[:-1]])
+    next_same = torch.cat([same[1:], same.new_zeros(1)])
+    pair = same & ~prev_same & ~next_same  # exactly two faces share the edge
+    i = pair.nonzero().squeeze(1)
+    nbr = torch.full((n,), -1, dtype=torch.long, device=faces.device)
+    nbr[order[i]] = order[i + 1] // 3
+    nbr[order[i + 1]] = order[i] // 3
+    return nbr.view(-1, 3)
+
+
+def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> None:
+    if verts.ndim != 3 or verts.shape[-1] != 3:
+        raise ValueError(f"verts_screen must be (B, V, 3); got {tuple(verts.shape)}")
+    if verts.shape[0] == 0:
+        raise ValueError("empty batch: verts_screen has B = 0 meshes")
+    if faces.ndim != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces must be (F, 3); got {tuple(faces.shape)}")
+    if faces.dtype.is_floating_point or faces.dtype == torch.bool:
+        raise ValueError(f"faces must be an integer tensor; got {faces.dtype}")
+    if faces.numel() and (faces.min() < 0 or faces.max() >= verts.shape[1]):
+        raise ValueError(
+            f"faces index vertices 0..{verts.shape[1] - 1}; found indices {int(faces.min())}..{int(faces.max())}"
+        )
+    if not torch.isfinite(verts).all():
+        raise ValueError(f"verts_screen has {int((~torch.isfinite(verts)).sum())} non-finite (NaN/inf) values")
+    h, w = settings.hw
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image_size must be > 0; got {h}x{w}")
+    if settings.faces_per_pixel < 1:
+        raise ValueError(f"faces_per_pixel must be >= 1; got {settings.faces_per_pixel}")
+    if settings.blur_sigma < 0:
+        raise ValueError(f"blur_sigma must be >= 0 pixels; got {settings.blur_sigma}")
+
+
+@torch.no_grad()
+def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
+    """K front-most (pixel, face) pairs per pixel: pixel, face, rank (each (N,)) and soft edge flags (B, F, 3)."""
+    B, V, _ = verts.shape
+    F = faces.shape[0]
+    H, W = settings.hw
+    K = settings.faces_per_pixel
+    dev = verts.device
+    r = settings.blur_radius
+
+    tri = verts[:, faces]  # B, F, 3, 3
+    area = _cross(tri[:, :, 1, :2] - tri[:, :, 0, :2], tri[:, :, 2, :2] - tri[:, :, 0, :2])
+    visible = area < 0 if settings.cull_backfaces else area != 0
+    nbr = _edge_neighbours(faces, V)  # F, 3
+    nbr_vis = visible[:, nbr.clamp_min(0)] & (nbr >= 0)
+    nbr_flip = (area[:, nbr.clamp_min(0)] < 0) != (area < 0)[..., None]
+    soft = ~nbr_vis | nbr_flip  # B, F, 3
+
+    # Only faces with a silhouette edge reach beyond themselves (by the blur radius).
+    reach = (r * soft.any(-1)).to(tri.dtype)[..., None]
+    lo = tri[..., :2].amin(2) - reach
+    hi = tri[..., :2].amax(2) + reach
+    j0 = (lo[..., 0] - 0.5).ceil().clamp(0, W).long()
+    j1 = (hi[..., 0] - 0.5).floor().clamp(-1, W - 1).long()
+    i0 = (lo[..., 1] - 0.5).ceil().clamp(0, H).long()
+    i1 = (hi[..., 1] - 0.5).floor().clamp(-1, H - 1).long()
+    nx = (j1 - j0 + 1).clamp_min(0)
+    ny = (i1 - i0 + 1).clamp_min(0)
+    n = (nx * ny * visible).flatten()  # candidates per (b, f)
+    active = n.nonzero().squeeze(1)  # faces with at least one candidate pixel
+    n = n[active]
+    # Per active face: box corner and width, plane coefficients; then one gather per candidate.
+    dt = verts.dtype
+    box = torch.stack([j0.flatten()[active].to(dt), i0.flatten()[active].to(dt), nx.flatten()[active].to(dt)], 1)
+    coef = _planes(tri.view(B * F, 3, 3)[active]).view(-1, 9)  # w0, w1, depth as a x + b y + c
+    a_idx = torch.repeat_interleave(torch.arange(len(active), device=dev), n)
+    off = (torch.arange(len(a_idx), device=dev) - (torch.cumsum(n, 0) - n).index_select(0, a_idx)).to(dt)
+    j, i, width = box.index_select(0, a_idx).unbind(1)
+    row = torch.floor((off + 0.5) / width)  # small integers: exact in floating point, and cheaper than // and %
+    px = j + (off - row * width) + 0.5
+    py = i + row + 0.5
+    c = coef.index_select(0, a_idx)
+    w0, w1, z = (c[:, 3 * k] * px + c[:, 3 * k + 1] * py + c[:, 3 * k + 2] for k in range(3))
+    keep = (w0 >= 0) & (w1 >= 0) & (w0 + w1 <= 1)
+    if r > 0:  # near a silhouette edge: within the blur radius counts too
+        soft_flat = soft.view(B * F, 3)
+        soft_active = soft_flat.any(-1).index_select(0, active)
+        # Cheap bound first: a point farther than r outside any edge's line is farther than r from the face.
+        alt = _altitudes(tri.view(B * F, 3, 3)[active]).index_select(0, a_idx)
+        close = (w0 * alt[:, 0] >= -r) & (w1 * alt[:, 1] >= -r) & ((1 - w0 - w1) * alt[:, 2] >= -r)
+        near = (soft_active.index_select(0, a_idx) & ~keep & close).nonzero().squeeze(1)
+        fb = active.index_select(0, a_idx.index_select(0, near))
+        p_near = torch.stack([px.index_select(0, near), py.index_select(0, near)], 1)
+        _, z_near, sd = face_geometry(tri.view(B * F, 3, 3).index_select(0, fb), p_near, soft_flat.index_select(0, fb))
+        keep = keep.index_put((near,), sd >= -r)
+        z = z.index_put((near,), z_near)
+    kept = keep.nonzero().squeeze(1)
+    bf = active.index_select(0, a_idx.index_select(0, kept))
+    z = z.index_select(0, kept)
+    pix = (bf // F) * (H * W) + (py.index_select(0, kept) - 0.5).long() * W + (px.index_select(0, kept) - 0.5).long()
+
+    # One sort on (pixel, quantised depth): front to back within each pixel.
+    if len(z):
+        zq = ((z.max() - z) / (z.max() - z.min() + 1e-12) * (2**20 - 1)).long()
+        order = torch.argsort(pix * 2**20 + zq)
+        pix, bf = pix.index_select(0, order), bf.index_select(0, order)
+    _, counts = torch.unique_consecutive(pix, return_counts=True)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rank = torch.arange(len(pix), device=dev) - first
+    sel = rank < K
+    return pix[sel], bf[sel] % F, rank[sel], soft
+
+
+def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> Fragments:
+    """(B, V, 3) screen-space vertices, (F, 3) faces -> Fragments, differentiable w.r.t. verts_screen."""
+    _check(verts_screen, faces, settings)
+    faces = faces.to(device=verts_screen.device, dtype=torch.long)
+    B, V, _ = verts_screen.shape
+    H, W = settings.hw
+    pixel, face, rank, soft = _select(verts_screen.detach(), faces, settings)
+    # Recompute geometry with gradient for the kept slots only.
+    b = pixel // (H * W)
+    yx = pixel % (H * W)
+    p = torch.stack([yx % W, yx // W], -1).to(verts_screen.dtype) + 0.5
+    ids = (faces[face] + (b * V)[:, None]).view(-1)
+    tri = verts_screen.reshape(B * V, 3).index_select(0, ids).view(-1, 3, 3)  # index_select: its backward is index_add
+    bary, z, sd = face_geometry(tri, p, soft[b, face], settings.clip_barycentrics)
+    return Fragments(pixel, face, rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
