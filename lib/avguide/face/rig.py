@@ -41,11 +41,14 @@ class Rig:
         theta = 2 * np.pi * np.maximum(m.angle, 0) / N_ANGLES
         sn, cs = np.sin(theta), np.cos(theta)
         n_lip_rings = N_ROLL + N_LIP
-        skin_step = np.clip(m.ring - n_lip_rings + 1, 0, None).astype(np.float64)
-        # How much a vertex belongs to the lips: 1 on the lips, fading over the nearby skin.
-        self.w_lip = np.where(on, np.exp(-((skin_step / 3.0) ** 2)), 0.0)
+        # Distance (m) of a skin vertex from the vermilion border along its ray; 0 on the lips.
+        border = (n_lip_rings - 1) * N_ANGLES + np.maximum(m.angle, 0)
+        skin_d = np.where(m.ring >= n_lip_rings, np.linalg.norm(v[:, :2] - v[border, :2], axis=1), 0.0)
+        # How much a vertex belongs to the lips: 1 on the lips, fading smoothly over the nearby skin
+        # (over several millimetres, so no skin ring overtakes the next one and the surface never folds).
+        self.w_lip = np.where(on, np.exp(-((skin_d / 0.009) ** 2)), 0.0)
         # Jaw: the lower face, half at the mouth corners, fading laterally towards the outline.
-        lateral = np.clip(skin_step / 18.0, 0, 1) * np.abs(cs)
+        lateral = np.clip(skin_d / 0.045, 0, 1) * np.abs(cs)
         w_jaw = _smoothstep(0.5 - 1.5 * sn) * (1 - 0.8 * lateral)
         w_jaw = np.where(on, w_jaw, 0.0)
         w_jaw[m.teeth_lower] = 1.0
@@ -55,10 +58,10 @@ class Rig:
         self.upper = on & (sn > 0)
         self.lower = on & (sn < 0)
         self.corner = np.where(on, cs**2, 0.0)
-        # Closure moves whole lips: 1 from the roll to the middle of the vermilion, fading into the skin.
-        u = (m.ring - N_ROLL) / (N_LIP - 1)
-        self.w_close = np.where(on, np.where(u <= 0.5, 1.0, np.exp(-(((u - 0.5) / 0.9) ** 2))), 0.0)
-        self.w_close = np.where(m.ring >= n_lip_rings + 4, 0.0, self.w_close)
+        self.mid = np.where(on, np.abs(sn), 0.0)  # 0 at the mouth corners, where the lips join
+        # Closure moves whole lips: 1 from the roll to the middle of the vermilion, then fading into the skin.
+        u = np.clip((m.ring - N_ROLL) / (N_LIP - 1), 0, 1)
+        self.w_close = np.where(on, (1 - 0.3 * _smoothstep(2 * u - 1)) * np.exp(-((skin_d / 0.009) ** 2)), 0.0)
         self.contour_up, self.contour_low = m.contour_ids()
         self.column = np.where(on, m.angle, -1)
         self.side_gain = 1 + self.asymmetry * np.tanh(v[:, 0] / 0.02)
@@ -88,11 +91,12 @@ class Rig:
         x = x * (1 - 0.30 * rnd * wl + 0.20 * spread * wl)
         z = z + 0.007 * rnd * wl * (1 - 0.5 * self.corner) - 0.003 * spread * wl * self.corner
         y = y + 0.002 * spread * wl * self.corner
-        y = y + 0.004 * raise_ * wl * self.upper
+        y = y + 0.004 * raise_ * wl * self.upper * self.mid
         # Lower-lip tuck: the lower lip rises and goes back under the upper teeth.
         low_contour_y = y[:, self.contour_low].min(axis=1, keepdims=True)
-        y = y + tuck * wl * self.lower * np.clip(self.teeth_edge[0] + 0.0008 - low_contour_y, 0, None)
-        z = z - 0.004 * tuck * wl * self.lower
+        tucked = tuck * self.w_close * self.lower * self.mid
+        y = y + tucked * np.clip(self.teeth_edge[0] + 0.0008 - low_contour_y, 0, None)
+        z = z - 0.003 * tucked
         # Subject asymmetry on everything the speech controls moved so far.
         for arr, rest in ((x, self.rest[:, 0]), (y, self.rest[:, 1]), (z, self.rest[:, 2])):
             arr -= rest

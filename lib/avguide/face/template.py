@@ -130,10 +130,10 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
         rings_xy.append(inner * (1 - 0.05 * k))
         rings_dz.append(np.full(N_ANGLES, -0.0035 * k))
         ring_part.append("roll")
-    t_lip = 0.005 * shape.lip_thickness * (0.6 + 0.4 * np.abs(sn))
+    t_lip = 0.006 * shape.lip_thickness * (0.6 + 0.4 * np.abs(sn))
     for u in np.linspace(0, 1, N_LIP):
         rings_xy.append(inner + u * (border - inner))
-        rings_dz.append(t_lip * np.sqrt(1 - u) * (0.55 + 0.45 * np.sin(np.pi * u)))
+        rings_dz.append(t_lip * (1 - u) ** 2 * (0.6 + 2.2 * u))  # bulge, flat where it meets the skin
         ring_part.append("lip")
     for v in np.linspace(0, 1, N_SKIN + 1)[1:] ** 1.6:
         rings_xy.append(border + v * (outer - border))

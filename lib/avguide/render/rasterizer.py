@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 BIG = 1e4  # distance (pixels) standing for "no silhouette edge"
+EPS = 1e-5  # barycentric tolerance of the inside test, so rounding opens no cracks along shared edges
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class RasterSettings:
     faces_per_pixel: int = 4  # K
     blur_sigma: float = 0.3  # soft edge width (pixels); 0 = hard edges
     blur_eps: float = 1e-2  # candidates are kept where the edge coverage sigmoid(d / sigma) > eps
-    cull_backfaces: bool = False
+    cull_backfaces: bool = True  # frontal views: a face turned away is hidden behind the surface it belongs to
     clip_barycentrics: bool = True  # clamp to the face (so outside-edge pixels interpolate the edge's values)
 
     @property
@@ -90,7 +91,7 @@ def face_geometry(tri: torch.Tensor, p: torch.Tensor, soft: torch.Tensor, clip: 
     area = cross.sum(-1, keepdim=True)  # twice the signed area, whatever p
     area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
     bary = cross.roll(-1, 1) / area
-    inside = (bary >= 0).all(-1)
+    inside = (bary >= -EPS).all(-1)
     wc = bary.clamp_min(0)
     wc = wc / wc.sum(-1, keepdim=True).clamp_min(1e-12)
     if clip:
@@ -109,19 +110,18 @@ def face_geometry(tri: torch.Tensor, p: torch.Tensor, soft: torch.Tensor, clip: 
 
 
 def _planes(tri: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) screen triangles -> (..., 3, 3) coefficients (a, b, c) of w0, w1 and depth = a x + b y + c."""
-    x, y, z = tri.unbind(-1)  # (..., 3) each
-    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (y[..., 1] - y[..., 0]) * (x[..., 2] - x[..., 0])
+    """(N, 3, 3) screen triangles -> (N, 9): x0, y0 and the slopes of w0, w1 and depth, plus z0.
+
+    Relative to vertex 0 (where w0 = 1, w1 = 0, depth = z0), so no large constants cancel in float32.
+    """
+    x, y, z = tri.unbind(-1)  # (N, 3) each
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
     area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-
-    def edge(i, j):  # cross(v_i - p, v_j - p) / area, as a x + b y + c
-        return torch.stack([y[..., i] - y[..., j], x[..., j] - x[..., i], x[..., i] * y[..., j] - y[..., i] * x[..., j]], -1) / area[..., None]
-
-    e0, e1 = edge(1, 2), edge(2, 0)
-    e2 = -e0 - e1
-    e2[..., 2] += 1
-    depth = e0 * z[..., 0:1] + e1 * z[..., 1:2] + e2 * z[..., 2:3]
-    return torch.stack([e0, e1, depth], -2)
+    a0, b0 = (y[:, 1] - y[:, 2]) / area, (x[:, 2] - x[:, 1]) / area
+    a1, b1 = (y[:, 2] - y[:, 0]) / area, (x[:, 0] - x[:, 2]) / area
+    az = (z[:, 0] - z[:, 2]) * a0 + (z[:, 1] - z[:, 2]) * a1
+    bz = (z[:, 0] - z[:, 2]) * b0 + (z[:, 1] - z[:, 2]) * b1
+    return torch.stack([x[:, 0], y[:, 0], a0, b0, a1, b1, az, bz, z[:, 0]], 1)
 
 
 def _altitudes(tri: torch.Tensor) -> torch.Tensor:
@@ -208,7 +208,7 @@ def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
     # Per active face: box corner and width, plane coefficients; then one gather per candidate.
     dt = verts.dtype
     box = torch.stack([j0.flatten()[active].to(dt), i0.flatten()[active].to(dt), nx.flatten()[active].to(dt)], 1)
-    coef = _planes(tri.view(B * F, 3, 3)[active]).view(-1, 9)  # w0, w1, depth as a x + b y + c
+    coef = _planes(tri.view(B * F, 3, 3)[active])
     a_idx = torch.repeat_interleave(torch.arange(len(active), device=dev), n)
     off = (torch.arange(len(a_idx), device=dev) - (torch.cumsum(n, 0) - n).index_select(0, a_idx)).to(dt)
     j, i, width = box.index_select(0, a_idx).unbind(1)
@@ -216,8 +216,11 @@ def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
     px = j + (off - row * width) + 0.5
     py = i + row + 0.5
     c = coef.index_select(0, a_idx)
-    w0, w1, z = (c[:, 3 * k] * px + c[:, 3 * k + 1] * py + c[:, 3 * k + 2] for k in range(3))
-    keep = (w0 >= 0) & (w1 >= 0) & (w0 + w1 <= 1)
+    dx, dy = px - c[:, 0], py - c[:, 1]
+    w0 = 1 + c[:, 2] * dx + c[:, 3] * dy
+    w1 = c[:, 4] * dx + c[:, 5] * dy
+    z = c[:, 8] + c[:, 6] * dx + c[:, 7] * dy
+    keep = (w0 >= -EPS) & (w1 >= -EPS) & (w0 + w1 <= 1 + EPS)
     if r > 0:  # near a silhouette edge: within the blur radius counts too
         soft_flat = soft.view(B * F, 3)
         soft_active = soft_flat.any(-1).index_select(0, active)
