@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from avguide.face.rig import Rig
-from avguide.face.template import build_face
+from avguide.face.template import build_face, lip_opening
 from avguide.render import MeshRenderer, OrthoCamera, RasterSettings, ShaderSettings, mouth_camera, rasterize, render_mouth
+from avguide.render.filters import gaussian_blur
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,33 @@ def test_bad_camera_and_renderer_inputs():
     r = MeshRenderer(OrthoCamera((0.0, 0.0), 1.0, 1.0, 8, 8))
     with pytest.raises(ValueError, match="albedo"):
         r(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]]), torch.zeros(4))
+
+
+def test_image_loss_alone_opens_a_closed_mouth(face):
+    """Gradient descent on the vertices, with nothing but an image loss against an open-mouth render.
+
+    The update is preconditioned by (I + 20 L)^-1 (L: the mesh's graph Laplacian; "large steps",
+    Nicolet et al. 2021), so neighbouring vertices move together, and the loss compares blurred images
+    (sigma 3 px), so a 14 mm target is within reach of the edges' gradients.
+    """
+    mesh, rig, faces, _ = face
+    closed, target = _pose(rig, [0.0, 0.8]).double()
+    albedo = torch.as_tensor(mesh.albedo, dtype=torch.float64)
+    n = len(closed)
+    edges = faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2)
+    adjacency = torch.zeros(n, n, dtype=torch.float64)
+    adjacency[edges[:, 0], edges[:, 1]] = adjacency[edges[:, 1], edges[:, 0]] = 1
+    precondition = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + 20 * (torch.diag(adjacency.sum(1)) - adjacency))
+    renderer = MeshRenderer(mouth_camera(mesh.vertices, mesh.lip_ids, 64), RasterSettings(64))
+    with torch.no_grad():
+        goal = gaussian_blur(renderer(target[None], faces, albedo), 3.0)
+    u = torch.zeros(n, 3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([u], lr=1e-3)
+    for _ in range(50):
+        loss = (gaussian_blur(renderer((closed + precondition @ u)[None], faces, albedo), 3.0) - goal).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fitted = (closed + precondition @ u).detach().numpy()
+    start, goal_opening = lip_opening(closed.numpy()), lip_opening(target.numpy())
+    assert lip_opening(fitted) - start >= 0.5 * (goal_opening - start), (start, lip_opening(fitted), goal_opening)
