@@ -59,6 +59,7 @@ class Rig:
         self.lower = on & (sn < 0)
         self.corner = np.where(on, cs**2, 0.0)
         self.mid = np.where(on, np.abs(sn), 0.0)  # 0 at the mouth corners, where the lips join
+        self.on_lips = np.where(on, np.exp(-((skin_d / 0.003) ** 2)), 0.0)
         # Closure moves whole lips: 1 from the roll to the middle of the vermilion, then fading into the skin.
         u = np.clip((m.ring - N_ROLL) / (N_LIP - 1), 0, 1)
         self.w_close = np.where(on, (1 - 0.3 * _smoothstep(2 * u - 1)) * np.exp(-((skin_d / 0.009) ** 2)), 0.0)
@@ -96,7 +97,7 @@ class Rig:
         low_contour_y = y[:, self.contour_low].min(axis=1, keepdims=True)
         tucked = tuck * self.w_close * self.lower * self.mid
         y = y + tucked * np.clip(self.teeth_edge[0] + 0.0008 - low_contour_y, 0, None)
-        z = z - 0.003 * tucked
+        z = z - 0.003 * tucked * self.on_lips  # only the lip goes back; the skin below stays in front of the teeth
         # Subject asymmetry on everything the speech controls moved so far.
         for arr, rest in ((x, self.rest[:, 0]), (y, self.rest[:, 1]), (z, self.rest[:, 2])):
             arr -= rest

@@ -162,11 +162,11 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
     for y0, y1 in ((0.0045, -0.0028), (-0.0022, -0.0095)):
         ty = np.linspace(y0, y1, 4)
         gx, gy = np.meshgrid(tx, ty)
-        gz = z_front - 40.0 * gx**2 - (0.0006 if y0 < 0 else 0.0)
+        gz = z_front - 40.0 * gx**2 - (0.0025 if y0 < 0 else 0.0)  # lower incisors sit behind the upper
         faces.append(_grid_faces(4, 16, sum(len(b) for b in blocks), wrap=False))
         blocks.append(np.stack([gx, gy, gz], -1).reshape(-1, 3))
     # Mouth interior: a dark concave wall further back.
-    ix, iy = np.meshgrid(np.linspace(-1.3 * a, 1.3 * a, 14), np.linspace(0.014, -0.028, 12))
+    ix, iy = np.meshgrid(np.linspace(-1.2 * a, 1.2 * a, 14), np.linspace(0.008, -0.022, 12))
     iz = z_front - 0.018 - 12.0 * ix**2
     faces.append(_grid_faces(12, 14, sum(len(b) for b in blocks), wrap=False))
     blocks.append(np.stack([ix, iy, iz], -1).reshape(-1, 3))

@@ -176,7 +176,8 @@ def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -
 
 @torch.no_grad()
 def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
-    """K front-most (pixel, face) pairs per pixel: pixel, face, rank (each (N,)) and soft edge flags (B, F, 3)."""
+    """K front-most (pixel, face) pairs per pixel: pixel, face, rank (each (N,)), soft edge flags (B, F, 3) and
+    the slots' barycentrics, depth and signed distance (what rasterize recomputes when gradients are needed)."""
     B, V, _ = verts.shape
     F = faces.shape[0]
     H, W = settings.hw
@@ -221,33 +222,48 @@ def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
     w1 = c[:, 4] * dx + c[:, 5] * dy
     z = c[:, 8] + c[:, 6] * dx + c[:, 7] * dy
     keep = (w0 >= -EPS) & (w1 >= -EPS) & (w0 + w1 <= 1 + EPS)
-    if r > 0:  # near a silhouette edge: within the blur radius counts too
-        soft_flat = soft.view(B * F, 3)
-        soft_active = soft_flat.any(-1).index_select(0, active)
-        # Cheap bound first: a point farther than r outside any edge's line is farther than r from the face.
+    sd = torch.full_like(z, BIG)
+    # Faces with a silhouette edge: exact distances, inside and within the blur radius outside.
+    soft_flat = soft.view(B * F, 3)
+    candidate_soft = soft_flat.any(-1).index_select(0, active).index_select(0, a_idx)
+    if r > 0:  # cheap bound first: a point farther than r outside any edge's line is farther than r from the face
         alt = _altitudes(tri.view(B * F, 3, 3)[active]).index_select(0, a_idx)
         close = (w0 * alt[:, 0] >= -r) & (w1 * alt[:, 1] >= -r) & ((1 - w0 - w1) * alt[:, 2] >= -r)
-        near = (soft_active.index_select(0, a_idx) & ~keep & close).nonzero().squeeze(1)
-        fb = active.index_select(0, a_idx.index_select(0, near))
-        p_near = torch.stack([px.index_select(0, near), py.index_select(0, near)], 1)
-        _, z_near, sd = face_geometry(tri.view(B * F, 3, 3).index_select(0, fb), p_near, soft_flat.index_select(0, fb))
-        keep = keep.index_put((near,), sd >= -r)
-        z = z.index_put((near,), z_near)
+        candidate_soft &= keep | close
+    else:
+        candidate_soft &= keep
+    exact = candidate_soft.nonzero().squeeze(1)
+    fb = active.index_select(0, a_idx.index_select(0, exact))
+    p_exact = torch.stack([px.index_select(0, exact), py.index_select(0, exact)], 1)
+    b_e, z_e, sd_e = face_geometry(tri.view(B * F, 3, 3).index_select(0, fb), p_exact, soft_flat.index_select(0, fb),
+                                   settings.clip_barycentrics)
+    keep = keep.index_put((exact,), sd_e >= -r)
+    z, sd = z.index_put((exact,), z_e), sd.index_put((exact,), sd_e)
+    exact_pos = torch.full_like(a_idx, -1).index_put((exact,), torch.arange(len(exact), device=dev))
+
     kept = keep.nonzero().squeeze(1)
     bf = active.index_select(0, a_idx.index_select(0, kept))
-    z = z.index_select(0, kept)
+    z, sd = z.index_select(0, kept), sd.index_select(0, kept)
+    w0, w1, exact_pos = w0.index_select(0, kept), w1.index_select(0, kept), exact_pos.index_select(0, kept)
+    bary = torch.stack([w0, w1, 1 - w0 - w1], 1).clamp_min(0)
+    bary = bary / bary.sum(1, keepdim=True)
+    is_exact = (exact_pos >= 0).nonzero().squeeze(1)
+    bary = bary.index_put((is_exact,), b_e.index_select(0, exact_pos.index_select(0, is_exact)))
     pix = (bf // F) * (H * W) + (py.index_select(0, kept) - 0.5).long() * W + (px.index_select(0, kept) - 0.5).long()
 
     # One sort on (pixel, quantised depth): front to back within each pixel.
+    order = torch.arange(len(z), device=dev)
     if len(z):
         zq = ((z.max() - z) / (z.max() - z.min() + 1e-12) * (2**20 - 1)).long()
         order = torch.argsort(pix * 2**20 + zq)
-        pix, bf = pix.index_select(0, order), bf.index_select(0, order)
+        pix = pix.index_select(0, order)
     _, counts = torch.unique_consecutive(pix, return_counts=True)
     first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     rank = torch.arange(len(pix), device=dev) - first
-    sel = rank < K
-    return pix[sel], bf[sel] % F, rank[sel], soft
+    sel = (rank < K).nonzero().squeeze(1)
+    order = order.index_select(0, sel)
+    geometry = bary.index_select(0, order), z.index_select(0, order), sd.index_select(0, order)
+    return pix.index_select(0, sel), bf.index_select(0, order) % F, rank.index_select(0, sel), soft, geometry
 
 
 def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> Fragments:
@@ -256,8 +272,10 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
     faces = faces.to(device=verts_screen.device, dtype=torch.long)
     B, V, _ = verts_screen.shape
     H, W = settings.hw
-    pixel, face, rank, soft = _select(verts_screen.detach(), faces, settings)
-    # Recompute geometry with gradient for the kept slots only.
+    pixel, face, rank, soft, geometry = _select(verts_screen.detach(), faces, settings)
+    if not (torch.is_grad_enabled() and verts_screen.requires_grad):
+        return Fragments(pixel, face, rank, *geometry, (B, H, W), settings.faces_per_pixel)
+    # Recompute the geometry of the kept slots, now with gradient.
     b = pixel // (H * W)
     yx = pixel % (H * W)
     p = torch.stack([yx % W, yx // W], -1).to(verts_screen.dtype) + 0.5
