@@ -206,16 +206,33 @@ def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
     n = (nx * ny * visible).flatten()  # candidates per (b, f)
     active = n.nonzero().squeeze(1)  # faces with at least one candidate pixel
     n = n[active]
-    # Per active face: box corner and width, plane coefficients; then one gather per candidate.
+    # Candidates row by row: each face's bounding-box rows, and in each row the pixels between the
+    # triangle's left and right edges (scanline), or the whole box row for faces with a silhouette edge.
     dt = verts.dtype
-    box = torch.stack([j0.flatten()[active].to(dt), i0.flatten()[active].to(dt), nx.flatten()[active].to(dt)], 1)
-    coef = _planes(tri.view(B * F, 3, 3)[active])
-    a_idx = torch.repeat_interleave(torch.arange(len(active), device=dev), n)
-    off = (torch.arange(len(a_idx), device=dev) - (torch.cumsum(n, 0) - n).index_select(0, a_idx)).to(dt)
-    j, i, width = box.index_select(0, a_idx).unbind(1)
-    row = torch.floor((off + 0.5) / width)  # small integers: exact in floating point, and cheaper than // and %
-    px = j + (off - row * width) + 0.5
-    py = i + row + 0.5
+    tri_a = tri.view(B * F, 3, 3)[active]
+    soft_a = soft.view(B * F, 3).any(-1)[active]
+    coef = _planes(tri_a)
+    ny_a = ny.flatten()[active]
+    r_face = torch.repeat_interleave(torch.arange(len(active), device=dev), ny_a)
+    y = (i0.flatten()[active].index_select(0, r_face)
+         + torch.arange(len(r_face), device=dev) - (torch.cumsum(ny_a, 0) - ny_a).index_select(0, r_face)).to(dt) + 0.5
+    t = tri_a.index_select(0, r_face)  # rows, 3, 3
+    xa, ya = t[:, :, 0], t[:, :, 1]
+    xb, yb = xa.roll(-1, 1), ya.roll(-1, 1)  # edges 01, 12, 20
+    crosses = (torch.minimum(ya, yb) <= y[:, None]) & (torch.maximum(ya, yb) >= y[:, None]) & (ya != yb)
+    x = xa + (y[:, None] - ya) / torch.where(ya != yb, yb - ya, torch.ones_like(ya)) * (xb - xa)
+    x_lo = torch.where(crosses, x, torch.full_like(x, torch.inf)).amin(1)
+    x_hi = torch.where(crosses, x, torch.full_like(x, -torch.inf)).amax(1)
+    j_lo = torch.where(soft_a.index_select(0, r_face), j0.flatten()[active].index_select(0, r_face).to(dt),
+                       (x_lo - 0.5 - 1e-3).ceil().clamp(0, W))
+    j_hi = torch.where(soft_a.index_select(0, r_face), j1.flatten()[active].index_select(0, r_face).to(dt),
+                       (x_hi - 0.5 + 1e-3).floor().clamp(-1, W - 1))
+    count = (j_hi - j_lo + 1).clamp_min(0).nan_to_num(0).long()
+    c_row = torch.repeat_interleave(torch.arange(len(r_face), device=dev), count)
+    off = (torch.arange(len(c_row), device=dev) - (torch.cumsum(count, 0) - count).index_select(0, c_row)).to(dt)
+    a_idx = r_face.index_select(0, c_row)
+    px = j_lo.index_select(0, c_row) + off + 0.5
+    py = y.index_select(0, c_row)
     c = coef.index_select(0, a_idx)
     dx, dy = px - c[:, 0], py - c[:, 1]
     w0 = 1 + c[:, 2] * dx + c[:, 3] * dy
