@@ -83,9 +83,9 @@ def test_lrs3_index_and_reader(tmp_path, caplog):
         write_lrs3_item(root, "trainval", f"spk{k}", "00001", "HELLO WORLD")
     write_lrs3_item(root, "test", "spkT", "00001", "GOOD MORNING")
     (root / "trainval" / "spk0" / "00002.mp4").write_bytes((root / "trainval" / "spk0" / "00001.mp4").read_bytes())
-    index_lrs3(root, val_fraction=0.25)
+    index_lrs3(root, tmp_path / "indexed", val_fraction=0.25)
     assert "skipped" in caplog.text
-    corpus = AVCorpus(root)
+    corpus = AVCorpus(tmp_path / "indexed")
     m = corpus.manifest
     assert len(m) == 5 and (m["split"] == "val").sum() == 1 and set(m.loc[m.split == "test", "text"]) == {"good morning"}
     video, audio = corpus.load("test/spkT/00001")
@@ -95,7 +95,7 @@ def test_lrs3_index_and_reader(tmp_path, caplog):
 def test_av_reader_errors(tmp_path):
     root = tmp_path / "c"
     write_lrs3_item(root, "trainval", "s", "1", "hi there", n_frames=10, audio_frames=20)
-    index_lrs3(root, val_fraction=0.0)
+    index_lrs3(root, root, val_fraction=0.0)
     with pytest.raises(CorpusError, match=r"1\.wav.*more than one frame"):
         AVCorpus(root).load("trainval/s/1")
     m = pd.read_csv(root / "manifest.csv")

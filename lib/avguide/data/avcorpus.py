@@ -3,7 +3,8 @@
 Layout of a corpus root (the synthetic 2D corpus writes it; `index_lrs3` makes the manifest for real
 preprocessed LRS3 mouth crops, so the same reader serves both)::
 
-    manifest.csv                      utterance,speaker,split,text,n_frames,fps,video,wav
+    manifest.csv                      utterance,speaker,split,text,n_frames,fps,video,wav (paths relative
+                                      to the root, or absolute for LRS3 indexed where it lies)
     video/<speaker>/<utt>.mp4         grey mouth-crop video
     wav/<speaker>/<utt>.wav           16 kHz mono
     text/<speaker>/<utt>.txt          the transcript
@@ -83,12 +84,12 @@ def read_lrs3_text(path: Path) -> str:
     return text
 
 
-def index_lrs3(root: str | Path, val_fraction: float = 0.05, fps: float = 25.0) -> Path:
-    """Write manifest.csv for auto-AVSR-preprocessed LRS3 crops under `root`: <subset>/<speaker>/<id>.mp4
-    with <id>.wav and <id>.txt beside it. Subset 'test' -> test; the rest -> train, with a held-out
-    `val_fraction` of speakers (sorted by a stable hash) as val. Items missing a wav or txt are skipped,
-    logged and counted."""
-    root = Path(root)
+def index_lrs3(root: str | Path, out_dir: str | Path, val_fraction: float = 0.05, fps: float = 25.0) -> Path:
+    """Write `out_dir`/manifest.csv for auto-AVSR-preprocessed LRS3 crops under `root` (left untouched):
+    <subset>/<speaker>/<id>.mp4 with <id>.wav and <id>.txt beside it, referenced by absolute paths.
+    Subset 'test' -> test; the rest -> train, with a held-out `val_fraction` of speakers (by a stable
+    hash) as val. Items missing a wav or txt are skipped, logged and counted."""
+    root, out_dir = Path(root).resolve(), Path(out_dir)
     if not root.is_dir():
         raise CorpusError(f"{root}: LRS3 folder not found")
     rows, skipped = [], 0
@@ -102,8 +103,7 @@ def index_lrs3(root: str | Path, val_fraction: float = 0.05, fps: float = 25.0) 
         frames, _ = read_video(video)
         rows.append(dict(utterance=f"{subset}/{speaker}/{video.stem}", speaker=speaker,
                          split="test" if subset == "test" else "train", text=read_lrs3_text(txt),
-                         n_frames=len(frames), fps=fps, video=video.relative_to(root).as_posix(),
-                         wav=wav.relative_to(root).as_posix()))
+                         n_frames=len(frames), fps=fps, video=video.as_posix(), wav=wav.as_posix()))
     if not rows:
         raise CorpusError(f"{root}: no <subset>/<speaker>/<id>.mp4 crops found")
     m = pd.DataFrame(rows)
@@ -111,9 +111,10 @@ def index_lrs3(root: str | Path, val_fraction: float = 0.05, fps: float = 25.0) 
     n_val = int(round(val_fraction * len(train_speakers)))
     val = set(sorted(train_speakers, key=lambda s: (hash_str(s), s))[:n_val])
     m.loc[(m["split"] == "train") & m["speaker"].isin(val), "split"] = "val"
-    m[AV_COLUMNS].to_csv(root / "manifest.csv", index=False, lineterminator="\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m[AV_COLUMNS].to_csv(out_dir / "manifest.csv", index=False, lineterminator="\n")
     log.info("indexed %d LRS3 utterances in %s (%d skipped)", len(m), root, skipped)
-    return root / "manifest.csv"
+    return out_dir / "manifest.csv"
 
 
 def hash_str(s: str) -> int:

@@ -113,6 +113,7 @@ def sample_sentences(n: int, rng: np.random.Generator, grammar: dict | None = No
 def make_subjects(cfg: SyntheticConfig, prefix: str = "synth") -> list[Subject]:
     subjects, k = [], 0
     st = cfg.style
+    digits = max(2, len(str(sum(cfg.subjects.values()))))
     for split in SPLITS:
         for _ in range(cfg.subjects.get(split, 0)):
             rng = np.random.default_rng([cfg.seed, 1, k])
@@ -130,7 +131,7 @@ def make_subjects(cfg: SyntheticConfig, prefix: str = "synth") -> list[Subject]:
                 lip_thickness=float(rng.uniform(0.8, 1.25)),
             )
             subjects.append(Subject(
-                name=f"{prefix}{k + 1:02d}", split=split, voice=voice, shape=shape,
+                name=f"{prefix}{k + 1:0{digits}d}", split=split, voice=voice, shape=shape,
                 gain=float(rng.uniform(*st.gain)),
                 asymmetry=float(rng.uniform(-st.asymmetry, st.asymmetry)),
                 av_lag_s=float(rng.uniform(-st.av_lag_s, st.av_lag_s)),

@@ -31,6 +31,9 @@ from avguide.render.filters import gaussian_blur
 from avguide.render.video import write_video
 
 
+GROUP = 5  # identities made in one process: amortises start-up; fixed, so the corpus does not depend on workers
+
+
 @dataclass
 class Look:
     """Ranges of the rendering variation, drawn per identity (albedo, light) or per frame (pose, noise)."""
@@ -43,6 +46,7 @@ class Look:
     shift_px: float = 1.5  # sd of the slow crop shift
     blur_sigma_px: tuple[float, float] = (0.0, 1.0)
     noise_sd: tuple[float, float] = (0.0, 0.03)
+    source_px: tuple[int, int] = (56, 88)  # the crop is rendered at this many pixels, then resized (camera resolution)
 
 
 @dataclass
@@ -118,7 +122,8 @@ def _identity_look(cfg: Synthetic2DConfig, k: int) -> dict:
     el = np.deg2rad(rng.uniform(*lk.light_elevation_deg))
     return dict(skin_albedo=float(rng.uniform(*lk.skin_albedo)), lip_contrast=float(rng.uniform(*lk.lip_contrast)),
                 light_direction=(float(np.sin(az) * np.cos(el)), float(np.sin(el)), float(np.cos(az) * np.cos(el))),
-                blur_sigma_px=float(rng.uniform(*lk.blur_sigma_px)), noise_sd=float(rng.uniform(*lk.noise_sd)))
+                blur_sigma_px=float(rng.uniform(*lk.blur_sigma_px)), noise_sd=float(rng.uniform(*lk.noise_sd)),
+                source_px=int(rng.integers(lk.source_px[0], lk.source_px[1] + 1)))
 
 
 def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
@@ -133,9 +138,9 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
     lips = mesh.part == PARTS["lip"]
     albedo[lips] = look["skin_albedo"] * look["lip_contrast"]
     painted = SimpleNamespace(faces=mesh.faces, albedo=np.clip(albedo, 0, 1).astype(np.float32))
-    camera = mouth_camera(mesh.vertices, mesh.lip_ids, size=cfg.image_size)
+    camera = mouth_camera(mesh.vertices, mesh.lip_ids, size=look["source_px"])
     shader = replace(ShaderSettings(), light_direction=look["light_direction"])
-    raster = RasterSettings(image_size=cfg.image_size)
+    raster = RasterSettings(image_size=look["source_px"])
     rows = []
     sentences = sample_sentences(cfg.sentences_per_identity, np.random.default_rng([cfg.seed, 22, k]))
     for u, text in enumerate(sentences):
@@ -145,6 +150,9 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
         verts = jitter_pose(verts, rng, cfg.look.pose_jitter_deg)
         with torch.no_grad():
             images = render_mouth(torch.from_numpy(verts), painted, camera, raster, shader)
+            if look["source_px"] != cfg.image_size:
+                images = torch.nn.functional.interpolate(images[:, None], size=(cfg.image_size,) * 2, mode="bilinear",
+                                                         align_corners=False, antialias=True)[:, 0]
         frames = degrade(images, rng, look["blur_sigma_px"], look["noise_sd"],
                          _smooth_noise(rng, len(verts), 2, cfg.look.shift_px))
         rel = f"{ident.name}/{utt}"
@@ -159,16 +167,23 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
     return rows
 
 
+def _write_group(out: Path, cfg: Synthetic2DConfig, identities: range) -> list[dict]:
+    """A fixed group of identities, in order, in one fresh process (the group, not the worker count, fixes the bytes)."""
+    return [row for k in identities for row in _write_identity(out, cfg, k)]
+
+
 def build_av_corpus(out_dir: str | Path, cfg: Synthetic2DConfig, progress: bool = True, workers: int | None = None) -> Path:
     """Write the synthetic 2D audio-visual corpus (see the module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = sum(cfg.identities.values())
-    workers = workers or min(n, os.cpu_count() or 1, 2)
+    groups = [range(k, min(k + GROUP, n)) for k in range(0, n, GROUP)]
+    workers = workers or min(len(groups), os.cpu_count() or 1, 2)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        jobs = [pool.submit(_write_identity, out, cfg, k) for k in range(n)]
-        for _ in tqdm(as_completed(jobs), total=n, desc="synth2d identities", disable=not progress):
+        jobs = [pool.submit(_write_group, out, cfg, g) for g in groups]
+        for _ in tqdm(as_completed(jobs), total=len(jobs), desc=f"synth2d groups of {GROUP} identities",
+                      disable=not progress):
             pass
         rows = [r for job in jobs for r in job.result()]
     m = pd.DataFrame(rows)

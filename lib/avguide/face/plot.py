@@ -75,3 +75,43 @@ def plot_visemes(mesh, window=((-0.035, 0.035), (-0.03, 0.02))):
         draw_mesh(ax, verts, mesh.faces, mesh.albedo, xlim=window[0], ylim=window[1], title=name)
     fig.tight_layout()
     return fig
+
+
+def plot_viseme_crops(mesh, size: int = 88):
+    """The rig's viseme targets as the lip reader sees them: 88x88 mouth crops from the differentiable renderer."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from avguide.face.rig import PARAMETERS, Rig
+    from avguide.face.visemes import load_table
+    from avguide.render import mouth_camera, render_mouth
+
+    table = load_table()
+    names = table.visemes
+    params = np.zeros((len(names), len(PARAMETERS)))
+    params[:, : len(table.parameters)] = np.stack([table.targets[v] for v in names])
+    with torch.no_grad():
+        crops = render_mouth(Rig(mesh).pose(params), mesh, mouth_camera(mesh.vertices, mesh.lip_ids, size)).numpy()
+    fig, axes = plt.subplots(1, len(names), figsize=(1.1 * len(names), 1.5))
+    for ax, name, crop in zip(axes, names, crops):
+        ax.imshow(crop, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    return fig
+
+
+def plot_av_variations(corpus, n: int = 24, cols: int = 8):
+    """One mid-utterance frame from each of n identities of a 2D audio-visual corpus, with its split."""
+    import matplotlib.pyplot as plt
+
+    first = corpus.manifest.groupby("speaker", sort=True).head(1).head(n)
+    rows = -(-len(first) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, row in zip(axes.flat, first.itertuples()):
+        video, _ = corpus.load(row.utterance)
+        ax.imshow(video[len(video) // 2], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{row.speaker} ({row.split})", fontsize=7)
+    fig.tight_layout()
+    return fig

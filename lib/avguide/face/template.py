@@ -149,10 +149,13 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
     part = np.array([PARTS["mouth"] if p == "roll" else PARTS[p] for p in names], np.int8)
     albedo = np.array([ALBEDO[p] for p in names], np.float32)
     skin = part == PARTS["skin"]
-    eye = skin & (((np.abs(face[:, 0]) - EYE[0]) / 0.011) ** 2 + ((face[:, 1] - EYE[1]) / 0.005) ** 2 < 1)
-    brow = skin & (np.abs(np.abs(face[:, 0]) - 0.030) < 0.016) & (np.abs(face[:, 1] - BROW_Y) < 0.0035)
-    part[eye], albedo[eye] = PARTS["eye"], ALBEDO["eye"]
-    part[brow], albedo[brow] = PARTS["brow"], ALBEDO["brow"]
+    # Eyes and brows: darker patches that fade smoothly into the skin (the mesh is coarse up there).
+    eye_d = ((np.abs(face[:, 0]) - EYE[0]) / 0.011) ** 2 + ((face[:, 1] - EYE[1]) / 0.005) ** 2
+    brow_d = ((np.abs(face[:, 0]) - 0.030) / 0.016) ** 4 + ((face[:, 1] - BROW_Y) / 0.0035) ** 2
+    albedo[skin] -= 0.6 * (ALBEDO["skin"] - ALBEDO["eye"]) * np.exp(-0.5 * eye_d[skin])
+    albedo[skin] -= 0.6 * (ALBEDO["skin"] - ALBEDO["brow"]) * np.exp(-0.5 * brow_d[skin])
+    part[skin & (eye_d < 1)] = PARTS["eye"]
+    part[skin & (brow_d < 1)] = PARTS["brow"]
     faces = [_grid_faces(n_rings, N_ANGLES, 0, wrap=True)]
     blocks = [face]
 

@@ -97,15 +97,15 @@ def face_geometry(tri: torch.Tensor, p: torch.Tensor, soft: torch.Tensor, clip: 
     if clip:
         bary = wc
     depth = (wc * z).sum(-1)
-    # Distances only where the face has a silhouette edge (most faces have none: they are never soft).
+    # Distance to the nearest silhouette edge, computed only for the edges that are one (most are not).
+    if soft.shape != bary.shape:
+        raise ValueError(f"soft edge flags must be (N, 3) like the triangles; got {tuple(soft.shape)}")
     d = torch.full_like(depth, BIG)
-    rows = soft.any(-1).nonzero().squeeze(1) if soft.ndim == 2 else None
-    if rows is None:
-        raise ValueError(f"soft edge flags must be (N, 3); got {tuple(soft.shape)}")
-    if len(rows):
-        a, b, c, q = tri[rows, 0, :2], tri[rows, 1, :2], tri[rows, 2, :2], p[rows]
-        e = torch.stack([_seg_dist(q, a, b), _seg_dist(q, b, c), _seg_dist(q, c, a)], -1)
-        d = d.index_put((rows,), torch.where(soft[rows], e, torch.full_like(e, BIG)).amin(-1))
+    for k in range(3):
+        rows = soft[:, k].nonzero().squeeze(1)
+        if len(rows):
+            dk = _seg_dist(p.index_select(0, rows), tri[rows, k, :2], tri[rows, (k + 1) % 3, :2])
+            d = d.index_put((rows,), torch.minimum(d.index_select(0, rows), dk))
     return bary, depth, torch.where(inside, d, -d)
 
 
@@ -289,9 +289,12 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
     faces = faces.to(device=verts_screen.device, dtype=torch.long)
     B, V, _ = verts_screen.shape
     H, W = settings.hw
+    # Faces that stay well outside the image in every frame take no part (their edges cannot soften it).
+    near = _near_window(verts_screen.detach(), faces, settings)
+    faces, face_ids = faces[near], near
     pixel, face, rank, soft, geometry = _select(verts_screen.detach(), faces, settings)
     if not (torch.is_grad_enabled() and verts_screen.requires_grad):
-        return Fragments(pixel, face, rank, *geometry, (B, H, W), settings.faces_per_pixel)
+        return Fragments(pixel, face_ids[face], rank, *geometry, (B, H, W), settings.faces_per_pixel)
     # Recompute the geometry of the kept slots, now with gradient.
     b = pixel // (H * W)
     yx = pixel % (H * W)
@@ -299,4 +302,15 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
     ids = (faces[face] + (b * V)[:, None]).view(-1)
     tri = verts_screen.reshape(B * V, 3).index_select(0, ids).view(-1, 3, 3)  # index_select: its backward is index_add
     bary, z, sd = face_geometry(tri, p, soft[b, face], settings.clip_barycentrics)
-    return Fragments(pixel, face, rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
+    return Fragments(pixel, face_ids[face], rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
+
+
+def _near_window(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
+    """Ids of the faces whose bounding box comes within the blur radius + 1 pixel of the image in some frame."""
+    H, W = settings.hw
+    m = settings.blur_radius + 1
+    xy = verts[..., :2]
+    lo = torch.stack([xy[:, faces[:, k]] for k in range(3)]).amin(0)  # B, F, 2
+    hi = torch.stack([xy[:, faces[:, k]] for k in range(3)]).amax(0)
+    inside = (hi[..., 0] >= -m) & (lo[..., 0] <= W + m) & (hi[..., 1] >= -m) & (lo[..., 1] <= H + m)
+    return inside.any(0).nonzero().squeeze(1)
