@@ -10,7 +10,7 @@ import pytest
 from avguide.data.audio import save_wav
 from avguide.data.avcorpus import AVCorpus, index_lrs3
 from avguide.data.corpus import CorpusError
-from avguide.render.video import VideoError, caption_grid, read_video, write_video
+from avguide.render.video import VideoError, caption_grid, read_video, write_video, write_videos
 
 
 def moving_square(t=20, size=32):
@@ -105,3 +105,16 @@ def test_av_reader_errors(tmp_path):
         AVCorpus(root)
     with pytest.raises(CorpusError, match="not found"):
         AVCorpus(tmp_path / "nowhere")
+
+
+def test_many_videos_from_one_ffmpeg_keep_their_own_frames(tmp_path):
+    clips = [moving_square(n) for n in (7, 12, 9)]
+    clips[1] = 1.0 - clips[1]
+    paths = write_videos([tmp_path / "a" / f"{k}.mp4" for k in range(3)], clips, fps=25)
+    for path, clip in zip(paths, clips):
+        back, fps = read_video(path)
+        assert back.shape == clip.shape and fps == 25.0
+        assert np.abs(back / 255.0 - clip).mean() < 0.02
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["0.mp4", "1.mp4", "2.mp4"]  # no leftovers
+    with pytest.raises(VideoError, match="one path per video"):
+        write_videos([tmp_path / "x.mp4"], clips, fps=25)

@@ -28,9 +28,10 @@ from avguide.face.rig import Rig
 from avguide.face.template import PARTS, build_face
 from avguide.render import RasterSettings, ShaderSettings, mouth_camera, render_mouth
 from avguide.render.filters import gaussian_blur
-from avguide.render.video import write_video
+from avguide.render.video import write_videos
 
 
+RENDER_CHUNK = 8  # frames per renderer call
 GROUP = 5  # identities made in one process: amortises start-up; fixed, so the corpus does not depend on workers
 
 
@@ -141,22 +142,24 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
     camera = mouth_camera(mesh.vertices, mesh.lip_ids, size=look["source_px"])
     shader = replace(ShaderSettings(), light_direction=look["light_direction"])
     raster = RasterSettings(image_size=look["source_px"])
-    rows = []
+    rows, clips = [], []
     sentences = sample_sentences(cfg.sentences_per_identity, np.random.default_rng([cfg.seed, 22, k]))
     for u, text in enumerate(sentences):
         utt = f"{ident.name}_{u + 1:05d}"
         rng = np.random.default_rng([cfg.seed, 23, k, u])
         audio, verts, _, _ = speak_and_move(text, ident, rig, speech_cfg, rng, where=f"utterance {utt} ({text!r})")
         verts = jitter_pose(verts, rng, cfg.look.pose_jitter_deg)
-        with torch.no_grad():
-            images = render_mouth(torch.from_numpy(verts), painted, camera, raster, shader)
+        with torch.no_grad():  # in chunks: small tensors are recycled by the allocator instead of page-faulted anew
+            v = torch.from_numpy(verts)
+            images = torch.cat([render_mouth(v[k:k + RENDER_CHUNK], painted, camera, raster, shader)
+                                for k in range(0, len(v), RENDER_CHUNK)])
             if look["source_px"] != cfg.image_size:
                 images = torch.nn.functional.interpolate(images[:, None], size=(cfg.image_size,) * 2, mode="bilinear",
                                                          align_corners=False, antialias=True)[:, 0]
         frames = degrade(images, rng, look["blur_sigma_px"], look["noise_sd"],
                          _smooth_noise(rng, len(verts), 2, cfg.look.shift_px))
         rel = f"{ident.name}/{utt}"
-        write_video(out / "video" / f"{rel}.mp4", frames, cfg.fps)
+        clips.append(frames)
         for sub in ("wav", "text"):
             (out / sub / ident.name).mkdir(parents=True, exist_ok=True)
         save_wav(out / "wav" / f"{rel}.wav", audio)
@@ -164,6 +167,7 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
         rows.append(dict(utterance=utt, speaker=ident.name, split=ident.split, text=text, n_frames=len(frames),
                          fps=cfg.fps, video=f"video/{rel}.mp4", wav=f"wav/{rel}.wav",
                          duration_s=round(len(audio) / SAMPLE_RATE, 4)))
+    write_videos([out / r["video"] for r in rows], clips, cfg.fps)
     return rows
 
 
