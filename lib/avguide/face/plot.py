@@ -101,10 +101,11 @@ def plot_viseme_crops(mesh, size: int = 88):
 
 
 def plot_av_variations(corpus, n: int = 24, cols: int = 8):
-    """One mid-utterance frame from each of n identities of a 2D audio-visual corpus, with its split."""
+    """One mid-utterance frame from each of n identities (spread over the splits) of a 2D audio-visual corpus."""
     import matplotlib.pyplot as plt
 
-    first = corpus.manifest.groupby("speaker", sort=True).head(1).head(n)
+    first = corpus.manifest.groupby("speaker", sort=True).head(1)
+    first = first.iloc[np.unique(np.linspace(0, len(first) - 1, min(n, len(first))).round().astype(int))]
     rows = -(-len(first) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), squeeze=False)
     for ax in axes.flat:
