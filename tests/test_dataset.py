@@ -181,8 +181,8 @@ def test_stereo_44k_wav_is_downmixed_and_resampled(root, caplog):
 
 def test_empty_transcript_rejected(root):
     edit_manifest(root, "FaceTalk_B_sentence01", text="?! 42")
-    with pytest.raises(CorpusError, match=r"manifest\.csv: utterance 'FaceTalk_B_sentence01' has an empty transcript"):
-        TalkingFaceDataset(Corpus(root), "train")
+    with pytest.raises(CorpusError, match=r"manifest\.csv: empty transcript for utterance\(s\) \['FaceTalk_B_sentence01'\]"):
+        Corpus(root)
 
 
 def test_cache_keeps_arrays_and_items_are_independent(root):

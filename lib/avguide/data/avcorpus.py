@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from avguide.data.audio import load_wav
-from avguide.data.corpus import SPLITS, CorpusError, check_av_lengths
+from avguide.data.corpus import CorpusError, check_av_lengths, read_manifest
 from avguide.data.text import normalize_text
 from avguide.render.video import read_video
 
@@ -34,22 +34,9 @@ class AVCorpus:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        path = self.root / "manifest.csv"
         if not self.root.is_dir():
             raise CorpusError(f"{self.root}: audio-visual corpus folder not found")
-        if not path.is_file():
-            raise CorpusError(f"{path}: manifest not found (is the corpus built? run `dvc repro prepare_2d`)")
-        m = pd.read_csv(path, dtype={"utterance": str, "speaker": str, "text": str}, keep_default_na=False)
-        missing = [c for c in AV_COLUMNS if c not in m.columns]
-        if missing:
-            raise CorpusError(f"{path}: manifest lacks columns {missing}; has {list(m.columns)}")
-        bad = sorted(set(m["split"]) - set(SPLITS))
-        if bad:
-            raise CorpusError(f"{path}: split must be one of {SPLITS}; found {bad}")
-        empty = m.loc[m["text"].map(normalize_text) == "", "utterance"].tolist()
-        if empty:
-            raise CorpusError(f"{path}: empty transcript for utterance(s) {empty[:5]}")
-        self.manifest = m
+        m = self.manifest = read_manifest(self.root / "manifest.csv", AV_COLUMNS, stage="prepare_2d")
         self._index = {u: i for i, u in enumerate(m["utterance"])}
 
     def __len__(self) -> int:

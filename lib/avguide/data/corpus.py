@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from avguide.data.audio import load_wav
+from avguide.data.text import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ def write_manifest(path: Path, rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
+def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS, stage: str = "prepare") -> pd.DataFrame:
+    """A corpus manifest, checked: the columns it must have, known splits, no transcript without a letter."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"{path}: manifest not found (is the corpus built? run `dvc repro prepare`)")
-    df = pd.read_csv(path, dtype={"text": str, "utterance": str, "subject": str}, keep_default_na=False)
+        raise CorpusError(f"{path}: manifest not found (is the corpus built? run `dvc repro {stage}`)")
+    text_columns = {c: str for c in ("utterance", "subject", "speaker", "text")}
+    df = pd.read_csv(path, dtype=text_columns, keep_default_na=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise CorpusError(f"{path}: manifest lacks columns {missing}; has {list(df.columns)}")
@@ -103,7 +106,7 @@ def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS) -> pd.Data
         bad = sorted(set(df["split"]) - set(SPLITS))
         if bad:
             raise CorpusError(f"{path}: split must be one of {SPLITS}; found {bad}")
-    empty = df.loc[df["text"].str.strip() == "", "utterance"].tolist()
+    empty = df.loc[df["text"].map(normalize_text) == "", "utterance"].tolist()
     if empty:
         raise CorpusError(f"{path}: empty transcript for utterance(s) {empty[:5]}")
     return df

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -65,16 +65,25 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticConfig":
-        d = dict(d)
-        if "fps" in d:
-            d["fps"] = float(d["fps"])
-        var = Variation(**d.pop("variation", {}))
-        style = d.pop("style", {})
-        style = StyleRanges(**{k: tuple(v) if isinstance(v, list) else v for k, v in style.items()})
-        unknown = set(d) - {"seed", "subjects", "sentences_per_subject", "fps"}
-        if unknown:
-            raise ValueError(f"unknown synthetic corpus settings {sorted(unknown)}")
-        return cls(variation=var, style=style, **d)
+        return config_from_dict(cls, d)
+
+
+def config_from_dict(cls, d: dict):
+    """A corpus config dataclass from its params.yaml section: nested sections become their dataclasses,
+    YAML lists become tuples, and a key the dataclass does not have is an error."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings {unknown}; expected some of {sorted(known)}")
+    values = {}
+    for key, value in d.items():
+        default = known[key].default_factory() if known[key].default_factory is not MISSING else known[key].default
+        if is_dataclass(default):
+            value = type(default)(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        elif isinstance(default, float):
+            value = float(value)
+        values[key] = value
+    return cls(**values)
 
 
 @dataclass

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from avguide.data.audio import SAMPLE_RATE, save_wav
 from avguide.data.avcorpus import AV_COLUMNS
-from avguide.data.synthetic import StyleRanges, SyntheticConfig, Variation, make_subjects, sample_sentences, speak_and_move
+from avguide.data.synthetic import (StyleRanges, SyntheticConfig, Variation, config_from_dict, make_subjects,
+                                    sample_sentences, speak_and_move)
 from avguide.face.rig import Rig
 from avguide.face.template import PARTS, build_face
 from avguide.render import RasterSettings, ShaderSettings, mouth_camera, render_mouth
@@ -63,16 +64,7 @@ class Synthetic2DConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Synthetic2DConfig":
-        d = dict(d)
-        tup = lambda x: {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}  # noqa: E731
-        parts = dict(variation=Variation(**d.pop("variation", {})), style=StyleRanges(**tup(d.pop("style", {}))),
-                     look=Look(**tup(d.pop("look", {}))))
-        unknown = set(d) - {"seed", "identities", "sentences_per_identity", "fps", "image_size"}
-        if unknown:
-            raise ValueError(f"unknown 2D corpus settings {sorted(unknown)}")
-        if "fps" in d:
-            d["fps"] = float(d["fps"])
-        return cls(**parts, **d)
+        return config_from_dict(cls, d)
 
     def speech_config(self) -> SyntheticConfig:
         """The 3D corpus machinery, on another random stream so the identities differ from the 3D subjects."""
