@@ -1,5 +1,4 @@
 """The synthetic corpus: determinism, audio/motion agreement, articulation measured on the mesh, the tables."""
-import hashlib
 import json
 
 import numpy as np
@@ -16,17 +15,13 @@ from avguide.face.visemes import VisemeError, articulate, load_table, viseme_key
 SMALL = dict(subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=6)
 
 
-def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return Corpus(build_corpus(tmp_path_factory.mktemp("c") / "synth3d", SyntheticConfig(seed=7, **SMALL), progress=False))
 
 
-def test_same_seed_same_bytes_other_seed_other_data(corpus, tmp_path):
+def test_same_seed_same_bytes_other_seed_other_data(corpus, tmp_path, digest):
     again = build_corpus(tmp_path / "again", SyntheticConfig(seed=7, **SMALL), progress=False, workers=1)
     assert digest(again) == digest(corpus.root)
     other = build_corpus(tmp_path / "other", SyntheticConfig(seed=8, **SMALL), progress=False)

@@ -1,5 +1,4 @@
 """The synthetic 2D audio-visual corpus and the human-facing videos."""
-import hashlib
 import json
 
 import numpy as np
@@ -14,10 +13,6 @@ from avguide.render import face_camera
 
 SMALL = dict(identities={"train": 2, "val": 1, "test": 1}, sentences_per_identity=2)
 
-
-def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def test_layout_splits_and_lengths(corpus):
         assert (corpus.root / "text" / row.speaker / f"{row.utterance}.txt").read_text().strip() == row.text
 
 
-def test_same_seed_same_bytes(corpus, tmp_path):
+def test_same_seed_same_bytes(corpus, tmp_path, digest):
     again = build_av_corpus(tmp_path / "again", Synthetic2DConfig(seed=3, **SMALL), progress=False, workers=2)
     assert digest(again) == digest(corpus.root)
 
