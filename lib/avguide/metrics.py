@@ -1,0 +1,59 @@
+"""Geometric metrics of predicted vertex sequences against the ground truth (numpy; metres in, metres² out).
+
+- LVE, lip vertex error (FaceFormer): per frame the largest squared L2 error over the lip vertices,
+  averaged over all frames of all sequences.
+- MVE, mean vertex error: the L2 error of every vertex, averaged over vertices and all frames.
+  (Unlike LVE it is a distance in metres, not squared: the mean, not the worst, vertex.)
+- FDD, upper-face dynamics deviation (CodeTalker): per sequence, the standard deviation over time of
+  each upper-face vertex's squared motion (displacement from the template), averaged over those
+  vertices, ground truth minus prediction; averaged over sequences. Positive: the prediction moves
+  the upper face less than the ground truth.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pairs(pred, gt) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sequences as (T, V, 3) arrays in matching pairs; lengths may differ by one frame (then trimmed)."""
+    if isinstance(pred, np.ndarray) and pred.ndim in (2, 3):  # one sequence, (T, V, 3) or (T, V*3)
+        pred, gt = [pred], [gt]
+    if len(pred) != len(gt) or not len(pred):
+        raise ValueError(f"need as many predicted as ground-truth sequences (> 0); got {len(pred)} and {len(gt)}")
+    out = []
+    for k, (p, g) in enumerate(zip(pred, gt)):
+        p = np.asarray(p, np.float64).reshape(len(p), -1, 3)
+        g = np.asarray(g, np.float64).reshape(len(g), -1, 3)
+        if p.shape[1] != g.shape[1]:
+            raise ValueError(f"sequence {k}: prediction has {p.shape[1]} vertices, ground truth {g.shape[1]}")
+        if abs(len(p) - len(g)) > 1:
+            raise ValueError(f"sequence {k}: prediction has {len(p)} frames, ground truth {len(g)} (more than one apart)")
+        n = min(len(p), len(g))
+        out.append((p[:n], g[:n]))
+    return out
+
+
+def lve(pred, gt, lip_ids) -> float:
+    """Lip vertex error: mean over frames of the max over lip vertices of the squared L2 error."""
+    worst = [((p[:, lip_ids] - g[:, lip_ids]) ** 2).sum(-1).max(-1) for p, g in _pairs(pred, gt)]
+    return float(np.concatenate(worst).mean())
+
+
+def mve(pred, gt) -> float:
+    """Mean vertex error: mean over frames and vertices of the L2 distance."""
+    dist = [np.linalg.norm(p - g, axis=-1).ravel() for p, g in _pairs(pred, gt)]
+    return float(np.concatenate(dist).mean())
+
+
+def fdd(pred, gt, templates, upper_ids) -> float:
+    """Upper-face dynamics deviation; `templates` is one (V, 3) template or one per sequence."""
+    pairs = _pairs(pred, gt)
+    templates = [templates] * len(pairs) if np.ndim(templates) == 2 else list(templates)
+    if len(templates) != len(pairs):
+        raise ValueError(f"need one template per sequence; got {len(templates)} for {len(pairs)} sequences")
+
+    def dynamics(seq, template):
+        motion = ((seq[:, upper_ids] - np.asarray(template, np.float64)[upper_ids]) ** 2).sum(-1)  # (T, U)
+        return motion.std(axis=0).mean()
+
+    return float(np.mean([dynamics(g, t) - dynamics(p, t) for (p, g), t in zip(pairs, templates)]))
