@@ -1,0 +1,233 @@
+"""FaceFormer (Fan et al., CVPR 2022): speech-driven 3D facial animation with transformers.
+
+audio -> wav2vec 2.0 encoder -> features resampled to the motion frame rate -> transformer decoder with
+periodic positional encoding, ALiBi-style biased causal self-attention and an alignment-masked
+cross-attention (frame t sees the audio of frame t) -> vertex offsets from the subject's template.
+A style embedding of the training subject is the decoder's first input.
+
+Differences from the public code: batched training with padding (masked loss), a small randomly
+initialised wav2vec 2.0 by default (a local wav2vec2-base-960h with `pretrained_audio`), and inference
+with a key/value cache, so animating T frames costs O(T) decoder steps of O(t) work instead of
+recomputing the whole prefix every frame.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+SMALL_WAV2VEC2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                      conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
+                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0)
+
+
+@dataclass
+class FaceFormerConfig:
+    n_vertices: int
+    n_subjects: int  # training subjects (style embeddings)
+    fps: float = 25.0
+    feature_dim: int = 64  # the paper: 64 on VOCASET, 128 on BIWI
+    period: int = 25  # of the positional encoding and the attention bias (the paper: 30 VOCASET, 25 BIWI)
+    n_heads: int = 4
+    n_layers: int = 1
+    dropout: float = 0.1
+    max_frames: int = 3000  # longest sequence one decoder pass handles (the CLI animates longer audio in chunks)
+    motion_scale: float = 100.0  # offsets are learnt in centimetres for better conditioning; vertices stay in metres
+    audio: dict = field(default_factory=lambda: dict(SMALL_WAV2VEC2))  # a random wav2vec 2.0 of this shape ...
+    pretrained_audio: str | None = None  # ... or a local folder holding wav2vec2-base-960h
+
+
+def load_wav2vec2(folder: str | Path) -> Wav2Vec2Model:
+    """A wav2vec 2.0 encoder from a local folder (never the hub), with a clear error if it is not all there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; expected a local copy of wav2vec2-base-960h "
+                                f"(config.json and model.safetensors or pytorch_model.bin)")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("model.safetensors or pytorch_model.bin")
+    if missing:
+        raise FileNotFoundError(f"{folder}: incomplete wav2vec 2.0 folder, missing {', '.join(missing)}")
+    return Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
+
+
+def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
+    """(n, dim) sinusoidal encoding of the position within each period, repeated every `period` frames."""
+    pos = torch.arange(period, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(period, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe.repeat(n // period + 1, 1)[:n]
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (a geometric sequence; Press et al. 2022), as FaceFormer uses them."""
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(power_of_2(n_heads))
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return torch.tensor(power_of_2(closest) + power_of_2(2 * closest)[0::2][: n_heads - closest])
+
+
+def biased_causal_mask(n_heads: int, n: int, period: int, first_row: int = 0) -> torch.Tensor:
+    """(heads, n - first_row, n) additive mask, rows first_row..n-1 of: -slope * floor((i - j) / period)
+    for j <= i, -inf for j > i."""
+    i = torch.arange(first_row, n)[:, None]
+    j = torch.arange(n)[None, :]
+    distance = torch.div(i - j, period, rounding_mode="floor").float()
+    bias = -alibi_slopes(n_heads)[:, None, None] * distance
+    return bias.masked_fill((j > i)[None], float("-inf"))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an additive bias and an optional key/value cache for incremental decoding."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.dropout = dropout
+
+    def split(self, x):
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x, source, bias, cache: dict | None = None, name: str = ""):
+        q = self.split(self.q(x))
+        if cache is not None and name in cache and name.startswith("cross"):
+            k, v = cache[name]  # the audio memory does not change while decoding
+        else:
+            k, v = self.split(self.k(source)), self.split(self.v(source))
+            if cache is not None:
+                if name in cache:  # self-attention: append the new step's keys and values
+                    k = torch.cat([cache[name][0], k], 2)
+                    v = torch.cat([cache[name][1], v], 2)
+                cache[name] = (k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm transformer decoder layer (as torch.nn.TransformerDecoderLayer), cache-aware."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = Attention(dim, heads, dropout)
+        self.cross_attn = Attention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, memory, self_bias, cross_bias, cache=None, index=0):
+        x = self.norms[0](x + self.drop(self.self_attn(x, x, self_bias, cache, f"self{index}")))
+        x = self.norms[1](x + self.drop(self.cross_attn(x, memory, cross_bias, cache, f"cross{index}")))
+        return self.norms[2](x + self.drop(self.ff(x)))
+
+
+class FaceFormer(nn.Module):
+    def __init__(self, cfg: FaceFormerConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.pretrained_audio:
+            self.audio_encoder = load_wav2vec2(cfg.pretrained_audio)
+        else:
+            self.audio_encoder = Wav2Vec2Model(Wav2Vec2Config(**cfg.audio))
+        self.audio_encoder.feature_extractor._freeze_parameters()  # as FaceFormer: the CNN stays fixed
+        d = cfg.feature_dim
+        self.audio_map = nn.Linear(self.audio_encoder.config.hidden_size, d)
+        self.motion_map = nn.Linear(3 * cfg.n_vertices, d)
+        self.style = nn.Embedding(cfg.n_subjects, d)
+        self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.motion_out = nn.Linear(d, 3 * cfg.n_vertices)
+        nn.init.zeros_(self.motion_out.weight)  # start from the template, as FaceFormer
+        nn.init.zeros_(self.motion_out.bias)
+        self.register_buffer("ppe", periodic_positional_encoding(cfg.max_frames, d, cfg.period), persistent=False)
+
+    # --- pieces ---------------------------------------------------------------------------------------
+    def encode_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """(B, S) 16 kHz audio -> (B, T_max, d) features, item b linearly resampled to n_frames[b] frames."""
+        if int(n_frames.max()) > self.cfg.max_frames:
+            raise ValueError(f"{int(n_frames.max())} frames is more than max_frames={self.cfg.max_frames}; "
+                             "animate long audio in chunks")
+        mask = (torch.arange(audio.shape[1], device=audio.device)[None] < audio_lengths[:, None]).long()
+        hidden = self.audio_encoder(audio, attention_mask=mask).last_hidden_state  # (B, S', H), 50 Hz
+        valid = self.audio_encoder._get_feat_extract_output_lengths(audio_lengths)
+        out = hidden.new_zeros(len(audio), int(n_frames.max()), hidden.shape[-1])
+        for b in range(len(audio)):
+            item = hidden[b, : int(valid[b])].T[None]  # (1, H, S'_b)
+            out[b, : int(n_frames[b])] = F.interpolate(item, size=int(n_frames[b]), mode="linear",
+                                                       align_corners=True)[0].T
+        return self.audio_map(out)
+
+    def style_of(self, subject_ids: torch.Tensor) -> torch.Tensor:
+        if (subject_ids < 0).any() or (subject_ids >= self.cfg.n_subjects).any():
+            raise ValueError(f"subject ids must be training styles 0..{self.cfg.n_subjects - 1}; got "
+                             f"{subject_ids.tolist()} (unseen subjects take a training subject's style)")
+        return self.style(subject_ids)
+
+    def cross_bias(self, t: int, s: int, device) -> torch.Tensor:
+        """Alignment mask: frame i attends to audio feature i only."""
+        return torch.full((t, s), float("-inf"), device=device).fill_diagonal_(0.0)
+
+    def decode(self, inputs: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence causal decoding: (B, T, d) inputs -> (B, T, d)."""
+        t = inputs.shape[1]
+        x = inputs + self.ppe[:t]
+        self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
+        cross_bias = self.cross_bias(t, memory.shape[1], inputs.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, self_bias, cross_bias, index=i)
+        return x
+
+    # --- training and inference ----------------------------------------------------------------------
+    def forward(self, audio, audio_lengths, n_frames, templates, subject_ids, vertices=None) -> torch.Tensor:
+        """Predicted vertices (B, T, V, 3). With `vertices` (teacher forcing), one causal pass over the
+        ground truth shifted by one frame; without, autoregressive with a key/value cache."""
+        if vertices is None:
+            return self.predict(audio, audio_lengths, n_frames, templates, subject_ids)
+        memory = self.encode_audio(audio, audio_lengths, n_frames)
+        style = self.style_of(subject_ids)[:, None]
+        motion = (vertices - templates[:, None]).flatten(2) * self.cfg.motion_scale
+        inputs = torch.cat([style, self.motion_map(motion[:, :-1]) + style], 1)
+        offsets = self.motion_out(self.decode(inputs, memory)) / self.cfg.motion_scale
+        return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
+
+    @torch.no_grad()
+    def predict(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
+        """Autoregressive inference: (B, T_max, V, 3); frames past n_frames[b] are padding."""
+        memory = self.encode_audio(audio, audio_lengths, n_frames)
+        style = self.style_of(subject_ids)[:, None]
+        t_max = memory.shape[1]
+        cross_bias = self.cross_bias(t_max, t_max, audio.device)
+        cache: dict | None = {} if use_cache else None
+        inputs, outputs = style, []
+        for t in range(t_max):
+            if use_cache:  # only the newest input goes through the decoder; keys and values are cached
+                x = inputs[:, -1:] + self.ppe[t]
+                self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(audio.device)
+                for i, layer in enumerate(self.layers):
+                    x = layer(x, memory, self_bias, cross_bias[t : t + 1], cache, i)
+                step = x
+            else:  # the public code's loop: the whole prefix again, every frame
+                step = self.decode(inputs, memory)[:, -1:]
+            offset = self.motion_out(step)
+            outputs.append(offset)
+            inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
+        offsets = torch.cat(outputs, 1) / self.cfg.motion_scale
+        return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Vertex MSE over the real frames of a collated batch (teacher forcing)."""
+        pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
+                    batch["subject_ids"], batch["vertices"])
+        mask = batch["frame_mask"][..., None, None].to(pred.dtype)
+        return ((pred - batch["vertices"]) ** 2 * mask).sum() / (mask.sum() * pred.shape[-2] * 3)
