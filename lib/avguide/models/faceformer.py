@@ -23,7 +23,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 SMALL_WAV2VEC2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                       conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
-                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0)
+                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
 
 
 @dataclass
@@ -142,6 +142,9 @@ class FaceFormer(nn.Module):
         else:
             self.audio_encoder = Wav2Vec2Model(Wav2Vec2Config(**cfg.audio))
         self.audio_encoder.feature_extractor._freeze_parameters()  # as FaceFormer: the CNN stays fixed
+        self.audio_encoder.config.layerdrop = 0.0  # a layer skipped at random has no gradient on that rank: DDP fails
+        if getattr(self.audio_encoder, "masked_spec_embed", None) is not None:  # SpecAugment's filler: fixed, so
+            self.audio_encoder.masked_spec_embed.requires_grad_(False)  # DDP never sees an unused trainable tensor
         d = cfg.feature_dim
         self.audio_map = nn.Linear(self.audio_encoder.config.hidden_size, d)
         self.motion_map = nn.Linear(3 * cfg.n_vertices, d)

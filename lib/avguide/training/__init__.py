@@ -1,0 +1,1 @@
+"""Lightning modules and trainer set-up shared by the training stages."""

@@ -1,0 +1,59 @@
+"""Lightning training of an animator: DDP over two CPU processes keeps the ranks identical; resume."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from avguide.data.dataset import collate
+from avguide.models.faceformer import FaceFormer, FaceFormerConfig
+from avguide.training.animator import AnimatorModule, make_trainer
+
+V = 30
+
+
+def items(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(n):
+        frames = 8 + k % 4
+        out.append(dict(utterance=f"u{k}", subject=f"s{k % 2}", subject_id=k % 2 - (k == n - 1),  # one unseen
+                        audio=0.1 * torch.randn(frames * 640, generator=g),
+                        vertices=0.01 * torch.randn(frames, V, 3, generator=g), template=torch.zeros(V, 3),
+                        text="a", tokens=torch.tensor([4])))
+    return out
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=2, period=5, max_frames=50, dropout=0.0))
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    """Two CPU processes, gloo: after a few steps both ranks hold the same weights, and they moved."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    run = subprocess.run([sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    before = tiny_model().state_dict()
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(not torch.equal(rank0[k], before[k]) for k in rank0)
+
+
+def test_resume_continues_step_count_and_optimizer_state(tmp_path):
+    loader = DataLoader(items(), batch_size=2, collate_fn=collate)
+    common = dict(logger=False, enable_progress_bar=False)
+    first = make_trainer({"accelerator": "cpu", "devices": 1, "max_steps": 4}, tmp_path, **common)
+    first.fit(AnimatorModule(tiny_model(), lr=1e-3), loader)
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    second = make_trainer({"accelerator": "cpu", "devices": 1, "max_steps": 6}, tmp_path / "again", **common)
+    module = AnimatorModule(tiny_model(), lr=1e-3)
+    second.fit(module, loader, ckpt_path=ckpt)
+    assert first.global_step == 4 and second.global_step == 6
+    adam_step = next(iter(second.optimizers[0].state.values()))["step"]
+    assert int(adam_step) == 6  # the optimizer's moments came back with the weights
