@@ -1,9 +1,11 @@
 """Lightning training of an animator: DDP over two CPU processes keeps the ranks identical; resume."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -57,3 +59,23 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path):
     assert first.global_step == 4 and second.global_step == 6
     adam_step = next(iter(second.optimizers[0].state.values()))["step"]
     assert int(adam_step) == 6  # the optimizer's moments came back with the weights
+
+
+def test_train_stage_writes_model_and_metrics(tmp_path):
+    from avguide.data.synthetic import SyntheticConfig, build_corpus
+    from avguide.models.checkpoint import load_checkpoint
+    from avguide.training.run import ANIMATORS, train_animator
+
+    corpus = build_corpus(tmp_path / "corpus", SyntheticConfig(seed=2, subjects={"train": 2, "val": 1, "test": 1},
+                                                               sentences_per_subject=2), progress=False)
+    params = {"seed": 0, "prepare": {"out": str(corpus)},
+              "train": {"out": str(tmp_path / "models"), "batch_size": 2, "lr": 1e-3,
+                        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1},
+                        "faceformer": {"feature_dim": 32, "period": 25}}}
+    metrics = train_animator(params, "faceformer", progress=False)
+    assert set(metrics) == {"LVE", "MVE", "FDD", "static_template_LVE"}
+    assert all(np.isfinite(v) for v in metrics.values()) and metrics["static_template_LVE"] > 0
+    folder = tmp_path / "models" / "faceformer"
+    assert json.loads((folder / "metrics.json").read_text()) == metrics
+    model = load_checkpoint(*ANIMATORS["faceformer"], folder / "model")
+    assert model.cfg.n_subjects == 2 and model.cfg.feature_dim == 32

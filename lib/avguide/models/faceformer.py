@@ -37,6 +37,7 @@ class FaceFormerConfig:
     n_layers: int = 1
     dropout: float = 0.1
     max_frames: int = 3000  # longest sequence one decoder pass handles (the CLI animates longer audio in chunks)
+    teacher_forcing: bool = False  # train on the shifted ground truth (fast) instead of the model's own rollout
     motion_scale: float = 100.0  # offsets are learnt in centimetres for better conditioning; vertices stay in metres
     audio: dict = field(default_factory=lambda: dict(SMALL_WAV2VEC2))  # a random wav2vec 2.0 of this shape ...
     pretrained_audio: str | None = None  # ... or a local folder holding wav2vec2-base-960h
@@ -204,19 +205,17 @@ class FaceFormer(nn.Module):
         offsets = self.motion_out(self.decode(inputs, memory)) / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
-    @torch.no_grad()
-    def predict(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
-        """Autoregressive inference: (B, T_max, V, 3); frames past n_frames[b] are padding."""
-        memory = self.encode_audio(audio, audio_lengths, n_frames)
-        style = self.style_of(subject_ids)[:, None]
+    def rollout(self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
+        """Autoregressive decoding, each frame fed the model's own previous output: (B, T, V*3) offsets
+        (scaled). Differentiable, so training can use it as FaceFormer does (no exposure bias)."""
         t_max = memory.shape[1]
-        cross_bias = self.cross_bias(t_max, t_max, audio.device)
+        cross_bias = self.cross_bias(t_max, t_max, memory.device)
         cache: dict | None = {} if use_cache else None
         inputs, outputs = style, []
         for t in range(t_max):
             if use_cache:  # only the newest input goes through the decoder; keys and values are cached
                 x = inputs[:, -1:] + self.ppe[t]
-                self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(audio.device)
+                self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(memory.device)
                 for i, layer in enumerate(self.layers):
                     x = layer(x, memory, self_bias, cross_bias[t : t + 1], cache, i)
                 step = x
@@ -225,12 +224,24 @@ class FaceFormer(nn.Module):
             offset = self.motion_out(step)
             outputs.append(offset)
             inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
-        offsets = torch.cat(outputs, 1) / self.cfg.motion_scale
+        return torch.cat(outputs, 1)
+
+    @torch.no_grad()
+    def predict(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
+        """Autoregressive inference: (B, T_max, V, 3); frames past n_frames[b] are padding."""
+        memory = self.encode_audio(audio, audio_lengths, n_frames)
+        offsets = self.rollout(memory, self.style_of(subject_ids)[:, None], use_cache) / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """Vertex MSE over the real frames of a collated batch (teacher forcing)."""
-        pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
-                    batch["subject_ids"], batch["vertices"])
+        """Vertex MSE over the real frames of a collated batch: autoregressive rollout (FaceFormer's
+        default) or, with `teacher_forcing`, one causal pass over the shifted ground truth."""
+        if self.cfg.teacher_forcing:
+            pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
+                        batch["subject_ids"], batch["vertices"])
+        else:
+            memory = self.encode_audio(batch["audio"], batch["audio_lengths"], batch["n_frames"])
+            offsets = self.rollout(memory, self.style_of(batch["subject_ids"])[:, None]) / self.cfg.motion_scale
+            pred = batch["templates"][:, None] + offsets.view(*offsets.shape[:2], -1, 3)
         mask = batch["frame_mask"][..., None, None].to(pred.dtype)
         return ((pred - batch["vertices"]) ** 2 * mask).sum() / (mask.sum() * pred.shape[-2] * 3)

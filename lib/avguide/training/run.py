@@ -1,0 +1,77 @@
+"""The `train` stage for one animator: fit on the corpus, save the model, score the test subjects."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from avguide.data.corpus import Corpus
+from avguide.data.dataset import TalkingFaceDataset, collate
+from avguide.metrics import fdd, lve, mve
+from avguide.models.faceformer import FaceFormer, FaceFormerConfig
+from avguide.params import project_root
+from avguide.training.animator import AnimatorModule, SaveModel, make_trainer
+
+ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig)}
+
+
+def build_animator(name: str, settings: dict, corpus: Corpus):
+    if name not in ANIMATORS:
+        raise ValueError(f"unknown animator {name!r}; known: {sorted(ANIMATORS)}")
+    model_cls, cfg_cls = ANIMATORS[name]
+    fps = float(corpus.manifest["fps"].iloc[0])
+    cfg = cfg_cls(n_vertices=corpus.n_vertices, n_subjects=len(corpus.subjects["train"]), fps=fps, **settings)
+    return model_cls(cfg)
+
+
+@torch.no_grad()
+def predict_split(model, dataset: TalkingFaceDataset, style: int = 0, batch_size: int = 8):
+    """Predicted and true (T, V, 3) sequences and templates of a split; unseen subjects take `style`."""
+    model.eval()
+    pred, true, templates = [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        ids = batch["subject_ids"].clamp_min(0) if style is None else torch.where(
+            batch["subject_ids"] < 0, torch.full_like(batch["subject_ids"], style), batch["subject_ids"])
+        out = model.predict(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"], ids)
+        for b, n in enumerate(batch["n_frames"].tolist()):
+            pred.append(out[b, :n].numpy())
+            true.append(batch["vertices"][b, :n].numpy())
+            templates.append(batch["templates"][b].numpy())
+    return pred, true, templates
+
+
+def score(pred, true, templates, topology) -> dict:
+    static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
+    return {
+        "LVE": lve(pred, true, topology.lip_ids),
+        "MVE": mve(pred, true),
+        "FDD": fdd(pred, true, templates, topology.upper_face_ids),
+        "static_template_LVE": lve(static, true, topology.lip_ids),
+    }
+
+
+def train_animator(params: dict, name: str, progress: bool = True) -> dict:
+    """Train animator `name` with params['train'], write data/models/<name>/ (weights, config, metrics.json)."""
+    cfg = params["train"]
+    pl.seed_everything(params["seed"], workers=True)
+    root = project_root()
+    corpus = Corpus(root / params["prepare"]["out"])
+    out = root / cfg["out"] / name
+    train = TalkingFaceDataset(corpus, "train", cache=True)
+    val = TalkingFaceDataset(corpus, "val", cache=True)
+    test = TalkingFaceDataset(corpus, "test", cache=True)
+    model = build_animator(name, cfg[name], corpus)
+    loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
+    from dvclive.lightning import DVCLiveLogger
+
+    logger = DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False)
+    trainer = make_trainer(cfg["trainer"], out, logger=logger, enable_progress_bar=progress,
+                           enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
+    trainer.fit(AnimatorModule(model, lr=cfg["lr"]), DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
+    metrics = score(*predict_split(model, test), corpus.topology)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
