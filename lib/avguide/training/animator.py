@@ -10,6 +10,11 @@ from torch import nn
 from avguide.models.checkpoint import save_checkpoint
 
 
+def borrow_style(subject_ids: torch.Tensor, style: int) -> torch.Tensor:
+    """Subject ids with every unseen subject (-1) given training style `style`."""
+    return torch.where(subject_ids < 0, torch.full_like(subject_ids, style), subject_ids)
+
+
 class AnimatorModule(pl.LightningModule):
     """Wraps an animator whose `loss(batch)` takes a collated batch (avguide.data.dataset.collate).
 
@@ -24,8 +29,7 @@ class AnimatorModule(pl.LightningModule):
         self.unseen_style = unseen_style
 
     def _styled(self, batch: dict) -> dict:
-        ids = batch["subject_ids"]
-        return {**batch, "subject_ids": torch.where(ids < 0, torch.full_like(ids, self.unseen_style), ids)}
+        return {**batch, "subject_ids": borrow_style(batch["subject_ids"], self.unseen_style)}
 
     def training_step(self, batch, batch_idx):
         loss = self.model.loss(self._styled(batch))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from dvclive.lightning import DVCLiveLogger
 from torch.utils.data import DataLoader
 
 from avguide.data.corpus import Corpus
@@ -14,7 +15,7 @@ from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.metrics import fdd, lve, mve
 from avguide.models.faceformer import FaceFormer, FaceFormerConfig
 from avguide.params import project_root
-from avguide.training.animator import AnimatorModule, SaveModel, make_trainer
+from avguide.training.animator import AnimatorModule, SaveModel, borrow_style, make_trainer
 
 ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig)}
 
@@ -34,8 +35,7 @@ def predict_split(model, dataset: TalkingFaceDataset, style: int = 0, batch_size
     model.eval()
     pred, true, templates = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        ids = batch["subject_ids"].clamp_min(0) if style is None else torch.where(
-            batch["subject_ids"] < 0, torch.full_like(batch["subject_ids"], style), batch["subject_ids"])
+        ids = borrow_style(batch["subject_ids"], style)
         out = model.predict(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"], ids)
         for b, n in enumerate(batch["n_frames"].tolist()):
             pred.append(out[b, :n].numpy())
@@ -66,8 +66,6 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     test = TalkingFaceDataset(corpus, "test", cache=True)
     model = build_animator(name, cfg[name], corpus)
     loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
-    from dvclive.lightning import DVCLiveLogger
-
     logger = DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False)
     trainer = make_trainer(cfg["trainer"], out, logger=logger, enable_progress_bar=progress,
                            enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
