@@ -1,0 +1,216 @@
+"""Animating any speech recording with a trained animator: which class a checkpoint folder holds,
+silence and length checks, chunked inference with bounded memory, and OBJ export.
+
+Every animator has `predict(audio, audio_lengths, n_frames, templates, subject_ids) -> (B, T, V, 3)` and a
+`cfg` with `n_vertices`, `n_subjects`, `fps` and `max_frames`; nothing here depends on more than that.
+
+Long recordings are animated in windows of `chunk_s` seconds that overlap by `overlap_s`: each window
+is predicted on its own audio (the animator restarts from the subject's style), and in the overlap the
+two predictions are cross-faded linearly, so there is no jump at a seam. Only one window and the
+overlap are held in memory; the result goes straight into `out` (a memory-mapped .npy for the CLI).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from avguide.data.audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+# Animator classes by the name save_checkpoint records: (module, model class, config class), imported
+# only when needed. A class missing here is looked up in avguide.training.run.ANIMATORS (slower to import).
+ANIMATOR_CLASSES = {
+    "FaceFormer": ("avguide.models.faceformer", "FaceFormer", "FaceFormerConfig"),
+    "CodeTalker": ("avguide.models.codetalker", "CodeTalker", "CodeTalkerConfig"),
+}
+
+SILENCE_DBFS = -60.0  # loudest 20 ms window quieter than this: nothing to animate
+MIN_SECONDS = 0.1
+
+
+class InputError(ValueError):
+    """An input file is not what the command needs (the message says what was expected and found)."""
+
+
+def _import_class(name: str):
+    """(model class, config class) of animator class `name`, or None if it cannot be imported."""
+    if name in ANIMATOR_CLASSES:
+        module, model_name, cfg_name = ANIMATOR_CLASSES[name]
+        try:
+            mod = importlib.import_module(module)
+            return getattr(mod, model_name), getattr(mod, cfg_name)
+        except (ImportError, AttributeError):
+            pass
+    from avguide.training.run import ANIMATORS  # every animator the training stage knows
+
+    for model_cls, cfg_cls in ANIMATORS.values():
+        if model_cls.__name__ == name:
+            return model_cls, cfg_cls
+    return None
+
+
+def _known_names() -> list[str]:
+    return sorted(ANIMATOR_CLASSES)
+
+
+def _guess_class(folder: Path) -> str:
+    """For a checkpoint written before classes were recorded: the one known animator whose config
+    dataclass has exactly the keys of config.json (save_checkpoint writes every field)."""
+    keys = set(json.loads((folder / "config.json").read_text()))
+    matches = []
+    for name in _known_names():
+        classes = _import_class(name)
+        if classes is not None and keys == {f.name for f in fields(classes[1])}:
+            matches.append(name)
+    if len(matches) != 1:
+        raise InputError(f"{folder / 'model.safetensors'}: the checkpoint does not record its class and "
+                         f"config.json fits {matches or 'none'} of the known animators {_known_names()}")
+    return matches[0]
+
+
+def load_animator(folder: str | Path, device: str = "cpu"):
+    """The animator saved in `folder` (config.json + model.safetensors), in eval mode."""
+    from avguide.models.checkpoint import checkpoint_class, load_checkpoint
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: model folder not found; expected config.json and model.safetensors "
+                         f"as the train stage writes them (data/models/<animator>/model), or pass --model")
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder}: no {name}; expected a checkpoint folder written by save_checkpoint")
+    name = checkpoint_class(folder) or _guess_class(folder)
+    classes = _import_class(name)
+    if classes is None:
+        raise InputError(f"{folder / 'model.safetensors'}: holds a {name!r}, which is not a known animator "
+                         f"(known: {_known_names()})")
+    try:
+        model = load_checkpoint(*classes, folder, map_location=device)
+    except TypeError as e:  # config.json has keys the config dataclass does not take
+        raise InputError(f"{folder / 'config.json'}: not a {classes[1].__name__}: {e}") from None
+    except RuntimeError:  # the tensors are not this code's model: say which, briefly
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            saved = set(f.keys())
+        cfg = classes[1](**json.loads((folder / "config.json").read_text()))
+        wanted = set(classes[0](cfg).state_dict())
+        missing, extra = sorted(wanted - saved), sorted(saved - wanted)
+        if not missing and not extra:
+            raise InputError(f"{folder / 'model.safetensors'}: tensor shapes do not match the {name} that "
+                             f"config.json describes") from None
+        raise InputError(
+            f"{folder / 'model.safetensors'}: its tensors do not fit this version's {name} ({len(missing)} missing, "
+            f"e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]}); was it trained with older code? "
+            f"Retrain it (dvc repro train)") from None
+    return model.to(device).eval()
+
+
+def loudest_dbfs(audio: np.ndarray, window: int = SAMPLE_RATE // 50) -> float:
+    """Level of the loudest 20 ms window in dB full scale (-inf for all zeros)."""
+    n = max(1, len(audio) // window)
+    frames = np.asarray(audio[: n * window], np.float64).reshape(n, -1) if len(audio) >= window else \
+        np.asarray(audio, np.float64)[None]
+    rms = float(np.sqrt((frames ** 2).mean(1)).max())
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def check_speech(audio: np.ndarray, path: str | Path, allow_silence: bool = False) -> None:
+    """Refuse audio too short for one frame of motion, and (unless `allow_silence`) silent audio."""
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds < MIN_SECONDS:
+        raise InputError(f"{path}: audio lasts {seconds:.3f} s; expected at least {MIN_SECONDS} s of speech")
+    level = loudest_dbfs(audio)
+    if level < SILENCE_DBFS:
+        if not allow_silence:
+            raise InputError(f"{path}: the audio is silent (loudest 20 ms at {level:.1f} dBFS, below "
+                             f"{SILENCE_DBFS:.0f} dBFS); expected speech. Use --allow-silence to animate it anyway")
+        log.warning("%s: the audio is silent (loudest 20 ms at %.1f dBFS); animating anyway", path, level)
+
+
+def frames_for(n_samples: int, fps: float) -> int:
+    """Motion frames for `n_samples` of 16 kHz audio at `fps` (at least one)."""
+    return max(1, int(round(n_samples / SAMPLE_RATE * fps)))
+
+
+def chunk_bounds(n_frames: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
+    """Frame windows [start, end) of at most `chunk` frames covering 0..n_frames, each overlapping the
+    previous one by at least `overlap` frames; the last window is a full one ending at n_frames."""
+    if chunk < 1 or not 0 <= overlap < chunk:
+        raise ValueError(f"need chunk >= 1 and 0 <= overlap < chunk; got chunk={chunk}, overlap={overlap}")
+    if n_frames <= chunk:
+        return [(0, n_frames)]
+    bounds, start = [], 0
+    while start + chunk < n_frames:
+        bounds.append((start, start + chunk))
+        start += chunk - overlap
+    bounds.append((n_frames - chunk, n_frames))
+    return bounds
+
+
+def animate(model, audio: np.ndarray, template: np.ndarray, style: int, out: np.ndarray | None = None,
+            chunk_s: float = 20.0, overlap_s: float = 1.0, progress: bool = False) -> np.ndarray:
+    """Vertices (T, V, 3) for 16 kHz `audio`, T = duration x the model's fps, written into `out` if given
+    ((T, V, 3) or FaceFormer's (T, V*3), e.g. a memory map). `style`: the training subject's index."""
+    import torch  # imported here: checking a file needs no torch
+
+    cfg = model.cfg
+    fps = float(cfg.fps)
+    n_frames = frames_for(len(audio), fps)
+    template = np.asarray(template, np.float32)
+    if template.shape != (cfg.n_vertices, 3):
+        raise InputError(f"template has shape {template.shape}; the model animates ({cfg.n_vertices}, 3)")
+    if not 0 <= style < cfg.n_subjects:
+        raise InputError(f"style {style} is not a training subject of the model (0..{cfg.n_subjects - 1})")
+    chunk = max(1, min(int(round(chunk_s * fps)), int(getattr(cfg, "max_frames", n_frames))))
+    overlap = min(int(round(overlap_s * fps)), chunk // 2)
+    bounds = chunk_bounds(n_frames, chunk, overlap)
+    if out is None:
+        out = np.zeros((n_frames, cfg.n_vertices, 3), np.float32)
+    if len(out) != n_frames:
+        raise ValueError(f"out has {len(out)} frames; the audio makes {n_frames}")
+    if len(bounds) > 1:
+        log.info("animating %d frames in %d windows of %d frames (%.0f s), overlap %d", n_frames, len(bounds),
+                 chunk, chunk / fps, overlap)
+    device = next(model.parameters()).device
+    templates = torch.from_numpy(template)[None].to(device)
+    ids = torch.tensor([style], device=device)
+    tail, tail_end = None, 0
+    for k, (start, end) in enumerate(tqdm(bounds, desc="animate", unit="window", disable=not progress)):
+        lo, hi = round(start / fps * SAMPLE_RATE), min(len(audio), round(end / fps * SAMPLE_RATE))
+        piece = torch.from_numpy(np.ascontiguousarray(audio[lo:hi], np.float32))[None].to(device)
+        lengths = torch.tensor([piece.shape[1]], device=device)
+        frames = torch.tensor([end - start], device=device)
+        with torch.no_grad():
+            pred = model.predict(piece, lengths, frames, templates, ids)[0, : end - start].cpu().numpy()
+        if tail is not None:  # cross-fade the overlap with the previous window
+            ov = tail_end - start
+            w = (np.arange(1, ov + 1, dtype=np.float32) / (ov + 1))[:, None, None]
+            pred[:ov] = (1 - w) * tail + w * pred[:ov]
+        keep = (bounds[k + 1][0] if k + 1 < len(bounds) else end) - start
+        out[start:start + keep] = pred[:keep].reshape(keep, *out.shape[1:])
+        tail, tail_end = pred[keep:], end
+    if isinstance(out, np.memmap):
+        out.flush()
+    return out
+
+
+def write_obj_sequence(folder: str | Path, vertices, faces: np.ndarray, stem: str = "frame",
+                       progress: bool = False) -> Path:
+    """One Wavefront .obj per frame, `folder`/<stem>_<frame>.obj (vertices in metres, 1-based faces)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    face_lines = "".join(f"f {a} {b} {c}\n" for a, b, c in (np.asarray(faces, np.int64) + 1))
+    digits = max(5, len(str(len(vertices))))
+    for t in tqdm(range(len(vertices)), desc="obj", unit="frame", disable=not progress):
+        v = np.asarray(vertices[t], np.float32).reshape(-1, 3)
+        text = "".join(f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in v.tolist())
+        (folder / f"{stem}_{t:0{digits}d}.obj").write_text(text + face_lines)
+    return folder
