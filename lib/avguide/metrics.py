@@ -57,3 +57,39 @@ def fdd(pred, gt, templates, upper_ids) -> float:
         return motion.std(axis=0).mean()
 
     return float(np.mean([dynamics(g, t) - dynamics(p, t) for (p, g), t in zip(pairs, templates)]))
+
+
+# ---------------------------------------------------------------- transcripts (lip reading)
+
+def edit_distance(ref, hyp) -> int:
+    """Levenshtein distance between two sequences (substitutions, insertions, deletions all cost 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def _error_rate(refs, hyps, split) -> float:
+    if isinstance(refs, str):
+        refs, hyps = [refs], [hyps]
+    refs, hyps = list(refs), list(hyps)
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"need as many hypotheses as references (> 0); got {len(refs)} and {len(hyps)}")
+    errors = sum(edit_distance(split(r), split(h)) for r, h in zip(refs, hyps))
+    total = sum(len(split(r)) for r in refs)
+    if total == 0:
+        raise ValueError("the references are all empty: the error rate is undefined")
+    return errors / total
+
+
+def cer(refs, hyps) -> float:
+    """Corpus character error rate: total character edit distance / total reference characters (spaces count)."""
+    return _error_rate(refs, hyps, list)
+
+
+def wer(refs, hyps) -> float:
+    """Corpus word error rate: total word edit distance / total reference words."""
+    return _error_rate(refs, hyps, str.split)
