@@ -107,15 +107,28 @@ def _write_npy_atomically(path: Path, shape: tuple[int, ...], fill) -> Path:
 # --- animate ------------------------------------------------------------------------------------------
 
 def cmd_animate(args) -> int:
-    import numpy as np
-
     from avguide.data.audio import load_wav
-    from avguide.inference import animate, check_speech, frames_for, load_animator, write_obj_sequence
+    from avguide.inference import check_speech
 
     audio_path = Path(args.audio)
     audio = load_wav(audio_path)  # stereo is downmixed, other rates resampled, with a warning
     check_speech(audio, audio_path, allow_silence=args.allow_silence)
     import torch  # only now: a bad file is refused without loading torch
+
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _animate(args, audio, audio_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _animate(args, audio, audio_path: Path) -> int:
+    import numpy as np
+    import torch
+
+    from avguide.inference import animate, frames_for, load_animator, write_obj_sequence
 
     model_dir = Path(args.model) if args.model else _default_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,6 +143,10 @@ def cmd_animate(args) -> int:
                            f"the model in {model_dir} has {cfg.n_subjects} styles; pass its training corpus")
     subject, style = _pick_subject(corpus, args.subject)
     template = corpus.templates[subject]
+    if args.chunk_seconds * float(cfg.fps) < 1 or not 0 <= args.overlap_seconds < args.chunk_seconds:
+        raise CommandError(f"--chunk-seconds must last at least one frame (1/{cfg.fps:g} s) and --overlap-seconds "
+                           f"be in [0, chunk); got {args.chunk_seconds} and {args.overlap_seconds}")
+    camera = None if args.no_video else _camera(template, corpus, args.mouth, args.size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = audio_path.stem
@@ -147,7 +164,6 @@ def cmd_animate(args) -> int:
     if not args.no_video:
         from avguide.render.stream import stream_video
 
-        camera = _camera(template, corpus, args.mouth, args.size)
         written.append(stream_video(out_dir / f"{stem}.mp4", vertices, corpus.topology.faces,
                                     corpus.topology.albedo, camera, float(cfg.fps), audio, progress=progress))
     for path in written:
@@ -297,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=20.0, help="animate long audio in windows this long")
     p.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap of the windows")
     p.add_argument("--allow-silence", action="store_true", help="animate silent audio instead of refusing it")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; on a busy machine 1 is "
+                   "often fastest for the small default model)")
     p.set_defaults(run=cmd_animate)
 
     p = sub.add_parser("evaluate", parents=[common],
