@@ -93,3 +93,90 @@ def cer(refs, hyps) -> float:
 def wer(refs, hyps) -> float:
     """Corpus word error rate: total word edit distance / total reference words."""
     return _error_rate(refs, hyps, str.split)
+
+
+# ---------------------------------------------------------------- visemes (what the lips show)
+# VER, viseme error rate: text -> IPA phonemes (phonemizer's espeak backend on the libespeak-ng that
+# espeakng-loader ships, en-us, no stress) -> visemes (avguide/face/ipa_visemes.json, the 15 classes of
+# visemes.json) -> edit distance over the viseme sequences (word boundaries dropped) / reference visemes,
+# pooled over the corpus like cer and wer. "bin" and "pin" look the same on the lips: VER 0, CER > 0.
+
+_ESPEAK_BACKEND = None
+
+
+def _espeak_backend():
+    """phonemizer's espeak backend on espeakng-loader's library and data (no system espeak needed)."""
+    global _ESPEAK_BACKEND
+    if _ESPEAK_BACKEND is None:
+        import espeakng_loader
+        from phonemizer.backend import EspeakBackend
+        from phonemizer.backend.espeak.wrapper import EspeakWrapper
+
+        EspeakBackend.set_library(espeakng_loader.get_library_path())
+        EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+        _ESPEAK_BACKEND = EspeakBackend("en-us", with_stress=False, preserve_punctuation=False,
+                                        language_switch="remove-flags")
+    return _ESPEAK_BACKEND
+
+
+def ipa_viseme_table() -> dict[str, tuple[str, ...]]:
+    """{IPA phoneme: visemes} from avguide/face/ipa_visemes.json, checked against visemes.json's classes."""
+    import json
+    from importlib.resources import files
+
+    from avguide.face.visemes import load_table
+
+    raw = json.loads(files("avguide.face").joinpath("ipa_visemes.json").read_text(encoding="utf-8"))
+    classes = set(load_table().visemes)
+    table = {p: tuple(v) for p, v in raw["phonemes"].items()}
+    for p, visemes in table.items():
+        unknown = [v for v in visemes if v not in classes]
+        if unknown or not visemes:
+            raise ValueError(f"ipa_visemes.json: phoneme {p!r} maps to {list(visemes)}; expected one or two of "
+                             f"the viseme classes of visemes.json {sorted(classes)}")
+    return table
+
+
+def phonemize(texts: list[str]) -> list[list[str]]:
+    """IPA phonemes of each text (normalised first; word boundaries dropped), as espeak-ng says them."""
+    from phonemizer.separator import Separator
+
+    from avguide.data.text import normalize_text
+
+    texts = [normalize_text(t) for t in texts]
+    out = [""] * len(texts)
+    spoken = [k for k, t in enumerate(texts) if t]
+    if spoken:
+        ipa = _espeak_backend().phonemize([texts[k] for k in spoken], separator=Separator(phone=" ", word=" | "),
+                                          strip=True, njobs=1)
+        for k, line in zip(spoken, ipa):
+            out[k] = line
+    return [[p for p in line.split() if p != "|"] for line in out]
+
+
+def to_visemes(texts: list[str]) -> list[list[str]]:
+    """Viseme sequence of each text; a phoneme missing from ipa_visemes.json is an error naming it."""
+    table = ipa_viseme_table()
+    out = []
+    for text, phonemes in zip(texts, phonemize(texts)):
+        missing = sorted({p for p in phonemes if p not in table})
+        if missing:
+            raise ValueError(f"phoneme(s) {missing} of {text!r} are not in avguide/face/ipa_visemes.json; "
+                             f"add them there (with the visemes the lips show)")
+        out.append([v for p in phonemes for v in table[p]])
+    return out
+
+
+def ver(refs, hyps) -> float:
+    """Corpus viseme error rate: total viseme edit distance / total reference visemes."""
+    if isinstance(refs, str):
+        refs, hyps = [refs], [hyps]
+    refs, hyps = list(refs), list(hyps)
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"need as many hypotheses as references (> 0); got {len(refs)} and {len(hyps)}")
+    visemes = to_visemes(refs + hyps)
+    ref_v, hyp_v = visemes[: len(refs)], visemes[len(refs):]
+    total = sum(len(r) for r in ref_v)
+    if total == 0:
+        raise ValueError("the references are all empty: the viseme error rate is undefined")
+    return sum(edit_distance(r, h) for r, h in zip(ref_v, hyp_v)) / total
