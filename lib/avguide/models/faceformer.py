@@ -57,6 +57,15 @@ def load_wav2vec2(folder: str | Path) -> Wav2Vec2Model:
     return Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
 
 
+def normalize_audio(audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each item's real samples (wav2vec 2.0's input convention, as its
+    feature extractor does it); padding stays zero."""
+    n = mask.sum(1, keepdim=True).clamp(min=1)
+    mean = (audio * mask).sum(1, keepdim=True) / n
+    var = (((audio - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (audio - mean) / torch.sqrt(var + 1e-7) * mask
+
+
 def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
     """(n, dim) sinusoidal encoding of the position within each period, repeated every `period` frames."""
     pos = torch.arange(period, dtype=torch.float32)[:, None]
@@ -134,20 +143,57 @@ class DecoderLayer(nn.Module):
         return self.norms[2](x + self.drop(self.ff(x)))
 
 
+class AudioEncoder(nn.Module):
+    """wav2vec 2.0 (a small random one, or wav2vec2-base-960h from a local folder) -> (B, T, dim) features
+    linearly resampled to each item's number of motion frames, as FaceFormer does."""
+
+    def __init__(self, shape: dict, pretrained: str | None, dim: int, max_frames: int):
+        super().__init__()
+        self.max_frames = max_frames
+        self.wav2vec2 = load_wav2vec2(pretrained) if pretrained else Wav2Vec2Model(Wav2Vec2Config(**shape))
+        self.pretrained = bool(pretrained)
+        self.wav2vec2.config.layerdrop = 0.0  # a layer skipped at random has no gradient on that rank: DDP fails
+        self.map = nn.Linear(self.wav2vec2.config.hidden_size, dim)
+        self.requires_grad_(True)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "AudioEncoder":
+        """As nn.Module's, but some parameters always stay fixed: a pretrained CNN (as FaceFormer; a random
+        one must learn) and SpecAugment's filler vector (unused, so DDP never sees an idle trainable tensor)."""
+        super().requires_grad_(requires_grad)
+        if self.pretrained:
+            self.wav2vec2.feature_extractor._freeze_parameters()
+        if getattr(self.wav2vec2, "masked_spec_embed", None) is not None:
+            self.wav2vec2.masked_spec_embed.requires_grad_(False)
+        return self
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        if int(n_frames.max()) > self.max_frames:
+            raise ValueError(f"{int(n_frames.max())} frames is more than max_frames={self.max_frames}; "
+                             "animate long audio in chunks")
+        mask = (torch.arange(audio.shape[1], device=audio.device)[None] < audio_lengths[:, None]).long()
+        hidden = self.wav2vec2(normalize_audio(audio, mask), attention_mask=mask).last_hidden_state  # 50 Hz
+        valid = self.wav2vec2._get_feat_extract_output_lengths(audio_lengths)
+        out = hidden.new_zeros(len(audio), int(n_frames.max()), hidden.shape[-1])
+        for b in range(len(audio)):
+            item = hidden[b, : int(valid[b])].T[None]  # (1, H, S'_b)
+            out[b, : int(n_frames[b])] = F.interpolate(item, size=int(n_frames[b]), mode="linear",
+                                                       align_corners=True)[0].T
+        return self.map(out)
+
+
+def check_styles(subject_ids: torch.Tensor, n_subjects: int) -> torch.Tensor:
+    if (subject_ids < 0).any() or (subject_ids >= n_subjects).any():
+        raise ValueError(f"subject ids must be training styles 0..{n_subjects - 1}; got {subject_ids.tolist()} "
+                         "(unseen subjects take a training subject's style)")
+    return subject_ids
+
+
 class FaceFormer(nn.Module):
     def __init__(self, cfg: FaceFormerConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.pretrained_audio:
-            self.audio_encoder = load_wav2vec2(cfg.pretrained_audio)
-        else:
-            self.audio_encoder = Wav2Vec2Model(Wav2Vec2Config(**cfg.audio))
-        self.audio_encoder.feature_extractor._freeze_parameters()  # as FaceFormer: the CNN stays fixed
-        self.audio_encoder.config.layerdrop = 0.0  # a layer skipped at random has no gradient on that rank: DDP fails
-        if getattr(self.audio_encoder, "masked_spec_embed", None) is not None:  # SpecAugment's filler: fixed, so
-            self.audio_encoder.masked_spec_embed.requires_grad_(False)  # DDP never sees an unused trainable tensor
         d = cfg.feature_dim
-        self.audio_map = nn.Linear(self.audio_encoder.config.hidden_size, d)
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
         self.motion_map = nn.Linear(3 * cfg.n_vertices, d)
         self.style = nn.Embedding(cfg.n_subjects, d)
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
@@ -157,26 +203,8 @@ class FaceFormer(nn.Module):
         self.register_buffer("ppe", periodic_positional_encoding(cfg.max_frames, d, cfg.period), persistent=False)
 
     # --- pieces ---------------------------------------------------------------------------------------
-    def encode_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
-        """(B, S) 16 kHz audio -> (B, T_max, d) features, item b linearly resampled to n_frames[b] frames."""
-        if int(n_frames.max()) > self.cfg.max_frames:
-            raise ValueError(f"{int(n_frames.max())} frames is more than max_frames={self.cfg.max_frames}; "
-                             "animate long audio in chunks")
-        mask = (torch.arange(audio.shape[1], device=audio.device)[None] < audio_lengths[:, None]).long()
-        hidden = self.audio_encoder(audio, attention_mask=mask).last_hidden_state  # (B, S', H), 50 Hz
-        valid = self.audio_encoder._get_feat_extract_output_lengths(audio_lengths)
-        out = hidden.new_zeros(len(audio), int(n_frames.max()), hidden.shape[-1])
-        for b in range(len(audio)):
-            item = hidden[b, : int(valid[b])].T[None]  # (1, H, S'_b)
-            out[b, : int(n_frames[b])] = F.interpolate(item, size=int(n_frames[b]), mode="linear",
-                                                       align_corners=True)[0].T
-        return self.audio_map(out)
-
     def style_of(self, subject_ids: torch.Tensor) -> torch.Tensor:
-        if (subject_ids < 0).any() or (subject_ids >= self.cfg.n_subjects).any():
-            raise ValueError(f"subject ids must be training styles 0..{self.cfg.n_subjects - 1}; got "
-                             f"{subject_ids.tolist()} (unseen subjects take a training subject's style)")
-        return self.style(subject_ids)
+        return self.style(check_styles(subject_ids, self.cfg.n_subjects))
 
     def cross_bias(self, t: int, s: int, device) -> torch.Tensor:
         """Alignment mask: frame i attends to audio feature i only."""
@@ -198,7 +226,7 @@ class FaceFormer(nn.Module):
         ground truth shifted by one frame; without, autoregressive with a key/value cache."""
         if vertices is None:
             return self.predict(audio, audio_lengths, n_frames, templates, subject_ids)
-        memory = self.encode_audio(audio, audio_lengths, n_frames)
+        memory = self.audio_encoder(audio, audio_lengths, n_frames)
         style = self.style_of(subject_ids)[:, None]
         motion = (vertices - templates[:, None]).flatten(2) * self.cfg.motion_scale
         inputs = torch.cat([style, self.motion_map(motion[:, :-1]) + style], 1)
@@ -229,7 +257,7 @@ class FaceFormer(nn.Module):
     @torch.no_grad()
     def predict(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
         """Autoregressive inference: (B, T_max, V, 3); frames past n_frames[b] are padding."""
-        memory = self.encode_audio(audio, audio_lengths, n_frames)
+        memory = self.audio_encoder(audio, audio_lengths, n_frames)
         offsets = self.rollout(memory, self.style_of(subject_ids)[:, None], use_cache) / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
@@ -240,7 +268,7 @@ class FaceFormer(nn.Module):
             pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
                         batch["subject_ids"], batch["vertices"])
         else:
-            memory = self.encode_audio(batch["audio"], batch["audio_lengths"], batch["n_frames"])
+            memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
             offsets = self.rollout(memory, self.style_of(batch["subject_ids"])[:, None]) / self.cfg.motion_scale
             pred = batch["templates"][:, None] + offsets.view(*offsets.shape[:2], -1, 3)
         mask = batch["frame_mask"][..., None, None].to(pred.dtype)

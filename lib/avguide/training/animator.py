@@ -41,7 +41,11 @@ class AnimatorModule(pl.LightningModule):
         self.log("val/loss", loss, batch_size=len(batch["n_frames"]), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+        """Adam, its learning rate decayed along a cosine to zero over the whole run."""
+        opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+                                                   "interval": "step"}}
 
 
 class SaveModel(pl.Callback):

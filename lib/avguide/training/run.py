@@ -13,20 +13,35 @@ from torch.utils.data import DataLoader
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.metrics import fdd, lve, mve
+from avguide.models.codetalker import CodeTalker, CodeTalkerConfig
 from avguide.models.faceformer import FaceFormer, FaceFormerConfig
 from avguide.params import project_root
 from avguide.training.animator import AnimatorModule, SaveModel, borrow_style, make_trainer
 
-ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig)}
+ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig), "codetalker": (CodeTalker, CodeTalkerConfig)}
 
 
 def build_animator(name: str, settings: dict, corpus: Corpus):
+    """Animator `name` sized for `corpus`, from its params.yaml section (without the `epochs` key)."""
     if name not in ANIMATORS:
         raise ValueError(f"unknown animator {name!r}; known: {sorted(ANIMATORS)}")
     model_cls, cfg_cls = ANIMATORS[name]
     fps = float(corpus.manifest["fps"].iloc[0])
+    settings = {k: v for k, v in settings.items() if k != "epochs"}
     cfg = cfg_cls(n_vertices=corpus.n_vertices, n_subjects=len(corpus.subjects["train"]), fps=fps, **settings)
     return model_cls(cfg)
+
+
+def stage_epochs(model, settings: dict, default: int) -> list[tuple[object, int]]:
+    """(stage, epochs) for each training stage of `model`: one stage (None) unless the model declares
+    `stages` (CodeTalker: the VQ-VAE, then the predictor); `epochs` in the animator's section is one
+    number per stage, else the trainer's max_epochs."""
+    stages = getattr(model, "stages", (None,))
+    epochs = settings.get("epochs", [default] * len(stages))
+    epochs = [epochs] if isinstance(epochs, int) else list(epochs)
+    if len(epochs) != len(stages):
+        raise ValueError(f"epochs: expected {len(stages)} numbers (one per training stage), got {epochs}")
+    return list(zip(stages, epochs))
 
 
 @torch.no_grad()
@@ -66,10 +81,16 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     test = TalkingFaceDataset(corpus, "test", cache=True)
     model = build_animator(name, cfg[name], corpus)
     loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
-    logger = DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False)
-    trainer = make_trainer(cfg["trainer"], out, logger=logger, enable_progress_bar=progress,
-                           enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
-    trainer.fit(AnimatorModule(model, lr=cfg["lr"]), DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
+    stages = stage_epochs(model, cfg[name], cfg["trainer"]["max_epochs"])
+    for stage, epochs in stages:  # the last stage logs to dvclive/, earlier ones to dvclive/stage<k>/
+        if stage is not None:
+            model.set_stage(stage)
+        live = out / "dvclive" if stage == stages[-1][0] else out / "dvclive" / f"stage{stage}"
+        logger = DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)
+        trainer = make_trainer({**cfg["trainer"], "max_epochs": epochs}, out, logger=logger, enable_progress_bar=progress,
+                               enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
+        trainer.fit(AnimatorModule(model, lr=cfg["lr"]), DataLoader(train, shuffle=True, **loaders),
+                    DataLoader(val, **loaders))
     metrics = score(*predict_split(model, test), corpus.topology)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics

@@ -1,0 +1,238 @@
+"""CodeTalker (Xing et al., CVPR 2023): speech-driven 3D facial animation as code-query prediction.
+
+Stage 1 learns a discrete prior of facial motion: a VQ-VAE over vertex-offset sequences (transformer
+encoder, a codebook of `n_codes` entries with each frame quantised as `codes_per_frame` codes, transformer
+decoder), trained to reconstruct motion with a codebook and a commitment loss.
+Stage 2 freezes it and learns an audio-conditioned autoregressive predictor (FaceFormer's decoder: wav2vec
+2.0, periodic positional encoding, biased causal self-attention, alignment cross-attention) whose output
+features are quantised with the codebook and decoded into motion; its loss is the motion error plus a
+regression of the features onto the ground truth's codes.
+
+Differences from the public code: batched training with padding masks; the VQ decoder is causal (frame t
+depends on the codes of frames <= t), so inference decodes each frame once with key/value caches, linear
+in length, where the public code re-decodes the whole prefix every frame; a small random wav2vec 2.0 by
+default (a local wav2vec2-base-960h with `pretrained_audio`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avguide.models.faceformer import (SMALL_WAV2VEC2, Attention, AudioEncoder, DecoderLayer, alibi_slopes,
+                                       biased_causal_mask, check_styles, periodic_positional_encoding)
+
+
+@dataclass
+class CodeTalkerConfig:
+    n_vertices: int
+    n_subjects: int  # training subjects (style embeddings)
+    fps: float = 25.0
+    feature_dim: int = 64  # width of the stage-2 predictor
+    period: int = 25  # of the positional encoding and the attention biases
+    n_heads: int = 4
+    n_layers: int = 1  # predictor decoder layers
+    vq_dim: int = 64  # width of the VQ-VAE; a frame's latent is codes_per_frame codes of vq_dim / codes_per_frame
+    vq_layers: int = 1  # transformer layers of the VQ encoder and of the VQ decoder
+    n_codes: int = 256
+    codes_per_frame: int = 4  # the paper's face_quan_num
+    beta: float = 0.25  # commitment weight
+    reg_weight: float = 1.0  # stage 2: weight of the feature regression onto the ground truth's codes
+    dropout: float = 0.1  # of the predictor (the VQ-VAE has none: it is frozen in stage 2)
+    max_frames: int = 3000
+    teacher_forcing: bool = True  # stage 2 on the shifted ground truth as the public code; False: own rollout
+    motion_scale: float = 100.0  # offsets are learnt in centimetres; vertices stay in metres
+    audio: dict = field(default_factory=lambda: dict(SMALL_WAV2VEC2))
+    pretrained_audio: str | None = None
+
+
+class SelfLayer(nn.Module):
+    """Post-norm transformer encoder layer (self-attention + feed-forward), cache-aware."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = Attention(dim, heads, 0.0)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.LeakyReLU(0.2), nn.Linear(2 * dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
+
+    def forward(self, x, bias, cache=None, name=""):
+        x = self.norms[0](x + self.attn(x, x, bias, cache, name))
+        return self.norms[1](x + self.ff(x))
+
+
+class Quantizer(nn.Module):
+    """Nearest-neighbour vector quantisation with a straight-through gradient (van den Oord et al. 2017)."""
+
+    def __init__(self, n_codes: int, dim: int):
+        super().__init__()
+        self.codebook = nn.Embedding(n_codes, dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / n_codes, 1.0 / n_codes)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (..., dim) -> (straight-through quantised z, the codes' vectors, the code indices)."""
+        e = self.codebook.weight
+        dist = (z**2).sum(-1, keepdim=True) - 2 * z @ e.T + (e**2).sum(-1)
+        idx = dist.argmin(-1)
+        q = self.codebook(idx)
+        return z + (q - z).detach(), q, idx
+
+
+def symmetric_bias(n_heads: int, n: int, period: int, key_mask: torch.Tensor) -> torch.Tensor:
+    """(B, heads, n, n) additive bias of the non-causal VQ encoder: -slope * floor(|i - j| / period), and
+    -inf on padded keys (key_mask (B, n), True on real frames)."""
+    i = torch.arange(n, device=key_mask.device)
+    distance = torch.div((i[:, None] - i[None]).abs(), period, rounding_mode="floor").float()
+    bias = -alibi_slopes(n_heads).to(key_mask.device)[:, None, None] * distance
+    return bias[None].masked_fill(~key_mask[:, None, None, :], float("-inf"))
+
+
+class CodeTalker(nn.Module):
+    stages = (1, 2)  # trained one after the other: the VQ-VAE, then the code predictor
+
+    def __init__(self, cfg: CodeTalkerConfig):
+        super().__init__()
+        if cfg.vq_dim % cfg.codes_per_frame:
+            raise ValueError(f"vq_dim={cfg.vq_dim} must be a multiple of codes_per_frame={cfg.codes_per_frame}")
+        self.cfg = cfg
+        self.stage = 2  # which loss `loss` computes; a trained model predicts with both stages
+        v3, h, d = 3 * cfg.n_vertices, cfg.vq_dim, cfg.feature_dim
+        # stage 1: the VQ-VAE
+        self.vq_in = nn.Sequential(nn.Linear(v3, h), nn.LeakyReLU(0.2))
+        self.vq_encoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
+        self.quantizer = Quantizer(cfg.n_codes, h // cfg.codes_per_frame)
+        self.vq_decoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
+        self.vq_out = nn.Linear(h, v3)
+        # stage 2: the audio-conditioned code predictor
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
+        self.motion_map = nn.Linear(v3, d)
+        self.style = nn.Embedding(cfg.n_subjects, d)
+        self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.feat_map = nn.Linear(d, h)
+        self.register_buffer("ppe", periodic_positional_encoding(cfg.max_frames, d, cfg.period), persistent=False)
+
+    def vq_modules(self) -> list[nn.Module]:
+        return [self.vq_in, self.vq_encoder, self.quantizer, self.vq_decoder, self.vq_out]
+
+    def set_stage(self, stage: int) -> None:
+        """Select the loss and the trainable parameters: stage 1 the VQ-VAE only, stage 2 all but the VQ-VAE
+        (and a pretrained audio CNN, which stays fixed)."""
+        if stage not in self.stages:
+            raise ValueError(f"CodeTalker has stages {self.stages}; got {stage}")
+        self.stage = stage
+        vq = self.vq_modules()
+        for module in self.children():
+            module.requires_grad_(any(module is m for m in vq) == (stage == 1))
+
+    # --- stage 1: the VQ-VAE -------------------------------------------------------------------------
+    def encode_motion(self, motion: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, V*3) scaled offsets -> (B, T, codes_per_frame, code_dim) continuous latents."""
+        x = self.vq_in(motion)
+        bias = symmetric_bias(self.cfg.n_heads, x.shape[1], self.cfg.period, frame_mask)
+        for layer in self.vq_encoder:
+            x = layer(x, bias)
+        return x.view(*x.shape[:2], self.cfg.codes_per_frame, -1)
+
+    def decode_codes(self, codes: torch.Tensor, cache: dict | None = None, first: int = 0) -> torch.Tensor:
+        """(B, T, codes_per_frame, code_dim) quantised latents of frames first.. -> (B, T, V*3) scaled
+        offsets; causal, so with a cache the frames can come one at a time."""
+        x = codes.flatten(2)
+        n = first + x.shape[1]
+        bias = biased_causal_mask(self.cfg.n_heads, n, self.cfg.period, first_row=first).to(x.device)
+        for i, layer in enumerate(self.vq_decoder):
+            x = layer(x, bias, cache, f"vq{i}")
+        return self.vq_out(x)
+
+    def vq_loss(self, batch: dict) -> torch.Tensor:
+        """Stage 1: motion reconstruction + codebook + beta * commitment, over the real frames."""
+        motion = self.scaled_offsets(batch)
+        mask = batch["frame_mask"].to(motion.dtype)
+        z = self.encode_motion(motion, batch["frame_mask"])
+        zq, q, _ = self.quantizer(z)
+        recon = self.decode_codes(zq)
+        n = mask.sum()
+        rec = (((recon - motion) ** 2).mean(-1) * mask).sum() / n
+        codebook = (((q - z.detach()) ** 2).mean((-1, -2)) * mask).sum() / n
+        commit = (((z - q.detach()) ** 2).mean((-1, -2)) * mask).sum() / n
+        return rec + codebook + self.cfg.beta * commit
+
+    # --- stage 2: the code predictor -----------------------------------------------------------------
+    def predictor_inputs(self, previous: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """Style, then each previous frame's scaled offsets mapped to the model width plus the style."""
+        return torch.cat([style, self.motion_map(previous) + style], 1)
+
+    def features(self, inputs: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence causal pass of the predictor: (B, T, d) -> (B, T, codes_per_frame, code_dim)."""
+        t = inputs.shape[1]
+        x = inputs + self.ppe[:t]
+        self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
+        cross_bias = torch.full((t, memory.shape[1]), float("-inf"), device=inputs.device).fill_diagonal_(0.0)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, self_bias, cross_bias, index=i)
+        return self.feat_map(x).view(*x.shape[:2], self.cfg.codes_per_frame, -1)
+
+    def rollout(self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive decoding fed the model's own output: (B, T, V*3) scaled offsets and the
+        (B, T, codes_per_frame, code_dim) predicted features. With the cache each frame goes once through
+        the predictor and once through the VQ decoder; without, the whole prefix again every frame."""
+        t_max = memory.shape[1]
+        cross_bias = torch.full((t_max, t_max), float("-inf"), device=memory.device).fill_diagonal_(0.0)
+        cache: dict | None = {} if use_cache else None
+        inputs, offsets, feats = style, [], []
+        for t in range(t_max):
+            if use_cache:
+                x = inputs[:, -1:] + self.ppe[t]
+                self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(memory.device)
+                for i, layer in enumerate(self.layers):
+                    x = layer(x, memory, self_bias, cross_bias[t : t + 1], cache, i)
+                feat = self.feat_map(x).view(x.shape[0], 1, self.cfg.codes_per_frame, -1)
+                offset = self.decode_codes(self.quantizer(feat)[0], cache, first=t)
+            else:  # the public code's loop
+                feat = self.features(inputs, memory)[:, -1:]
+                feats_so_far = torch.cat([*feats, feat], 1)
+                offset = self.decode_codes(self.quantizer(feats_so_far)[0])[:, -1:]
+            feats.append(feat)
+            offsets.append(offset)
+            inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
+        return torch.cat(offsets, 1), torch.cat(feats, 1)
+
+    def predictor_loss(self, batch: dict) -> torch.Tensor:
+        """Stage 2: motion MSE of the decoded prediction + reg_weight * MSE of the predicted features
+        against the (fixed) quantised latents of the ground truth, over the real frames."""
+        motion = self.scaled_offsets(batch)
+        memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
+        style = self.style(check_styles(batch["subject_ids"], self.cfg.n_subjects))[:, None]
+        if self.cfg.teacher_forcing:
+            feat = self.features(self.predictor_inputs(motion[:, :-1], style), memory)
+            pred = self.decode_codes(self.quantizer(feat)[0])
+        else:
+            pred, feat = self.rollout(memory, style)
+        with torch.no_grad():
+            target = self.quantizer(self.encode_motion(motion, batch["frame_mask"]))[1]
+        mask = batch["frame_mask"].to(motion.dtype)
+        n = mask.sum()
+        rec = (((pred - motion) ** 2).mean(-1) * mask).sum() / n
+        reg = (((feat - target) ** 2).mean((-1, -2)) * mask).sum() / n
+        return rec / self.cfg.motion_scale**2 + self.cfg.reg_weight * reg / self.cfg.motion_scale**2
+
+    # --- the animator interface ----------------------------------------------------------------------
+    def scaled_offsets(self, batch: dict) -> torch.Tensor:
+        return (batch["vertices"] - batch["templates"][:, None]).flatten(2) * self.cfg.motion_scale
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The current stage's loss on a collated batch (avguide.data.dataset.collate)."""
+        return self.vq_loss(batch) if self.stage == 1 else self.predictor_loss(batch)
+
+    def forward(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
+        """Predicted vertices (B, T_max, V, 3), autoregressive and differentiable; frames past n_frames[b]
+        are padding."""
+        memory = self.audio_encoder(audio, audio_lengths, n_frames)
+        style = self.style(check_styles(subject_ids, self.cfg.n_subjects))[:, None]
+        offsets = self.rollout(memory, style, use_cache)[0] / self.cfg.motion_scale
+        return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
+
+    @torch.no_grad()
+    def predict(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
+        """Inference: (B, T_max, V, 3)."""
+        return self(audio, audio_lengths, n_frames, templates, subject_ids, use_cache)
