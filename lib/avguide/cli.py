@@ -6,6 +6,7 @@ sequences as videos with sound, and read lips with the expert.
     avguide render VERTICES.npy [--audio SPEECH.wav] [--corpus DIR] [--subject NAME | --template T.npy] [--mouth]
     avguide transcribe VIDEO [--audio SPEECH.wav] [--model-dir DIR]
 
+Common options: -q (no progress bars), --threads N (torch's CPU threads).
 Exit codes: 0 done, 1 bad input (the message on stderr says what was expected, what was found and in
 which file), 2 bad command line. Default folders come from the project's params.yaml when run inside
 the project (prepare.out, train.out), else data/... below the working directory. The logic lives in
@@ -113,20 +114,12 @@ def cmd_animate(args) -> int:
     audio_path = Path(args.audio)
     audio = load_wav(audio_path)  # stereo is downmixed, other rates resampled, with a warning
     check_speech(audio, audio_path, allow_silence=args.allow_silence)
-    import torch  # only now: a bad file is refused without loading torch
-
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return _animate(args, audio, audio_path)
-    finally:
-        torch.set_num_threads(threads)
+    return _animate(args, audio, audio_path)
 
 
 def _animate(args, audio, audio_path: Path) -> int:
     import numpy as np
-    import torch
+    import torch  # only now: a bad file is refused without loading torch
 
     from avguide.inference import animate, frames_for, load_animator, write_obj_sequence
 
@@ -297,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes (warnings still)")
+    common.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; on a busy "
+                        "machine 1 is often several times faster)")
 
     p = sub.add_parser("animate", parents=[common],
                        help="speech WAV -> vertex .npy (FaceFormer format), .obj sequence, MP4 with sound")
@@ -313,8 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=20.0, help="animate long audio in windows this long")
     p.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap of the windows")
     p.add_argument("--allow-silence", action="store_true", help="animate silent audio instead of refusing it")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; on a busy machine 1 is "
-                   "often fastest for the small default model)")
     p.set_defaults(run=cmd_animate)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -365,6 +358,19 @@ class _Formatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+def _set_threads(n: int | None) -> int | None:
+    """Set torch's CPU threads to `n` (if given); returns the number before, to restore."""
+    if n is None:
+        return None
+    if n < 1:
+        raise CommandError(f"--threads must be at least 1; got {n}")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (the console script passes it to sys.exit)."""
     parser = build_parser()
@@ -379,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
+    threads = None
     try:
+        threads = _set_threads(args.threads)
         return args.run(args)
     except (ValueError, OSError) as e:  # bad input: every library error says what, where and what was expected
         print(f"avguide {args.command}: error: {e}", file=sys.stderr)
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avguide {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
+        _set_threads(threads)
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
