@@ -1,4 +1,4 @@
-"""VER, the viseme error rate: text -> IPA (phonemizer, espeak backend) -> visemes (ipa_visemes.json) -> edit distance."""
+"""VER, the viseme error rate: text -> IPA (phonemizer, espeak) -> visemes (ipa_visemes.json) -> edit distance."""
 import json
 from importlib.resources import files
 

@@ -19,7 +19,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -86,25 +85,6 @@ def _camera(template, corpus, mouth: bool, size: int | None):
     return mouth_camera(template, corpus.topology.lip_ids, size=size) if mouth else face_camera(template, size=size)
 
 
-def _write_npy_atomically(path: Path, shape: tuple[int, ...], fill) -> Path:
-    """Create `path` as a float32 .npy memory map, let `fill(array)` write it, and only then give it its
-    name: an interrupted run leaves no truncated file behind."""
-    import numpy as np
-
-    tmp = path.with_name(path.stem + ".partial.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-    try:
-        fill(arr)
-        arr.flush()
-    except BaseException:
-        del arr
-        tmp.unlink(missing_ok=True)
-        raise
-    del arr
-    os.replace(tmp, path)
-    return path
-
-
 # --- animate ------------------------------------------------------------------------------------------
 
 def cmd_animate(args) -> int:
@@ -118,10 +98,10 @@ def cmd_animate(args) -> int:
 
 
 def _animate(args, audio, audio_path: Path) -> int:
-    import numpy as np
     import torch  # only now: a bad file is refused without loading torch
 
-    from avguide.inference import animate, frames_for, load_animator, write_obj_sequence
+    from avguide.inference import NpyFrames, animate_blocks, frames_for, load_animator, write_npy_blocks, \
+        write_obj_sequence
 
     model_dir = Path(args.model) if args.model else _default_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -147,11 +127,10 @@ def _animate(args, audio, audio_path: Path) -> int:
     progress = not args.quiet
     logging.getLogger("avguide").info("animating %s (%.1f s, %d frames at %g fps) as %s with %s", audio_path,
                                       len(audio) / 16000, n_frames, cfg.fps, subject, type(model).__name__)
-    npy = _write_npy_atomically(out_dir / f"{stem}.npy", (n_frames, cfg.n_vertices * 3), lambda arr: animate(
-        model, audio, template, style, out=arr, chunk_s=args.chunk_seconds, overlap_s=args.overlap_seconds,
-        progress=progress))
+    blocks = animate_blocks(model, audio, template, style, args.chunk_seconds, args.overlap_seconds, progress)
+    npy = write_npy_blocks(out_dir / f"{stem}.npy", blocks, n_frames)
     written = [npy]
-    vertices = np.load(npy, mmap_mode="r")
+    vertices = NpyFrames(npy)  # read back a slice at a time
     if args.obj:
         written.append(write_obj_sequence(out_dir / f"{stem}_obj", vertices, corpus.topology.faces, stem, progress))
     if not args.no_video:
@@ -194,13 +173,14 @@ def cmd_render(args) -> int:
     import numpy as np
 
     from avguide.data.audio import load_wav
+    from avguide.inference import NpyFrames
     from avguide.render.stream import stream_video
 
     path = Path(args.vertices)
     if not path.is_file():
         raise CommandError(f"{path}: vertex file not found")
     try:
-        vertices = np.load(path, mmap_mode="r", allow_pickle=False)
+        vertices = NpyFrames(path)  # read a slice at a time: any length renders in bounded memory
     except (ValueError, OSError) as e:
         raise CommandError(f"{path}: not a readable .npy array ({e})") from None
     corpus = _load_corpus(Path(args.corpus) if args.corpus else None)
@@ -217,16 +197,20 @@ def cmd_render(args) -> int:
         subject, _ = _pick_subject(corpus, args.subject, any_split=True)
         template, where = corpus.templates[subject], corpus.root / "templates.npz"
     n_vertices = len(template)
-    if template.shape[0] != corpus.n_vertices:
-        raise CommandError(f"{where}: template has {len(template)} vertices, the corpus mesh in {corpus.root} "
+    if n_vertices != corpus.n_vertices:
+        raise CommandError(f"{where}: template has {n_vertices} vertices, the corpus mesh in {corpus.root} "
                            f"has {corpus.n_vertices}")
-    if vertices.ndim == 2 and vertices.shape[1] % 3 == 0:
-        vertices = vertices.reshape(len(vertices), -1, 3)
-    if vertices.ndim != 3 or vertices.shape[2] != 3 or len(vertices) == 0:
-        raise CommandError(f"{path}: expected frames x (V*3) vertices (FaceFormer's .npy), found shape "
-                           f"{vertices.shape}")
-    if vertices.shape[1] != n_vertices:
-        raise CommandError(f"{path}: {vertices.shape[1]} vertices per frame, but the template ({where}) has "
+    shape = vertices.shape
+    if len(shape) == 2 and shape[1] % 3 == 0:
+        found = shape[1] // 3
+    elif len(shape) == 3 and shape[2] == 3:
+        found = shape[1]
+    else:
+        raise CommandError(f"{path}: expected frames x (V*3) vertices (FaceFormer's .npy), found shape {shape}")
+    if shape[0] == 0:
+        raise CommandError(f"{path}: holds no frames")
+    if found != n_vertices:
+        raise CommandError(f"{path}: {found} vertices per frame, but the template ({where}) has "
                            f"{n_vertices}; render needs the mesh the vertices were made on")
     fps = float(args.fps) if args.fps else float(corpus.manifest["fps"].iloc[0])
     audio = None

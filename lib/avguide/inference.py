@@ -7,13 +7,16 @@ Every animator has `predict(audio, audio_lengths, n_frames, templates, subject_i
 Long recordings are animated in windows of `chunk_s` seconds that overlap by `overlap_s`: each window
 is predicted on its own audio (the animator restarts from the subject's style), and in the overlap the
 two predictions are cross-faded linearly, so there is no jump at a seam. Only one window and the
-overlap are held in memory; the result goes straight into `out` (a memory-mapped .npy for the CLI).
+overlap are held in memory: `animate_blocks` yields the frames window by window, and the CLI appends
+them to the .npy file (`write_npy_blocks`) and reads them back a slice at a time (`NpyFrames`).
 """
 from __future__ import annotations
 
 import importlib
 import json
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -155,10 +158,10 @@ def chunk_bounds(n_frames: int, chunk: int, overlap: int) -> list[tuple[int, int
     return bounds
 
 
-def animate(model, audio: np.ndarray, template: np.ndarray, style: int, out: np.ndarray | None = None,
-            chunk_s: float = 20.0, overlap_s: float = 1.0, progress: bool = False) -> np.ndarray:
-    """Vertices (T, V, 3) for 16 kHz `audio`, T = duration x the model's fps, written into `out` if given
-    ((T, V, 3) or FaceFormer's (T, V*3), e.g. a memory map). `style`: the training subject's index."""
+def animate_blocks(model, audio: np.ndarray, template: np.ndarray, style: int, chunk_s: float = 20.0,
+                   overlap_s: float = 1.0, progress: bool = False) -> Iterator[np.ndarray]:
+    """Vertices for 16 kHz `audio` as consecutive (n, V, 3) float32 blocks, one per window, T = duration x
+    the model's fps frames in all. `style`: the training subject's index. Memory: one window."""
     import torch  # imported here: checking a file needs no torch
 
     cfg = model.cfg
@@ -172,10 +175,6 @@ def animate(model, audio: np.ndarray, template: np.ndarray, style: int, out: np.
     chunk = max(1, min(int(round(chunk_s * fps)), int(getattr(cfg, "max_frames", n_frames))))
     overlap = min(int(round(overlap_s * fps)), chunk // 2)
     bounds = chunk_bounds(n_frames, chunk, overlap)
-    if out is None:
-        out = np.zeros((n_frames, cfg.n_vertices, 3), np.float32)
-    if len(out) != n_frames:
-        raise ValueError(f"out has {len(out)} frames; the audio makes {n_frames}")
     if len(bounds) > 1:
         log.info("animating %d frames in %d windows of %d frames (%.0f s), overlap %d", n_frames, len(bounds),
                  chunk, chunk / fps, overlap)
@@ -195,11 +194,59 @@ def animate(model, audio: np.ndarray, template: np.ndarray, style: int, out: np.
             w = (np.arange(1, ov + 1, dtype=np.float32) / (ov + 1))[:, None, None]
             pred[:ov] = (1 - w) * tail + w * pred[:ov]
         keep = (bounds[k + 1][0] if k + 1 < len(bounds) else end) - start
-        out[start:start + keep] = pred[:keep].reshape(keep, *out.shape[1:])
+        yield pred[:keep].astype(np.float32, copy=False)
         tail, tail_end = pred[keep:], end
-    if isinstance(out, np.memmap):
-        out.flush()
-    return out
+
+
+def animate(model, audio: np.ndarray, template: np.ndarray, style: int, chunk_s: float = 20.0,
+            overlap_s: float = 1.0, progress: bool = False) -> np.ndarray:
+    """All (T, V, 3) vertices for `audio` in one array (see animate_blocks; the CLI streams them to disk)."""
+    return np.concatenate(list(animate_blocks(model, audio, template, style, chunk_s, overlap_s, progress)))
+
+
+def write_npy_blocks(path: str | Path, blocks: Iterable[np.ndarray], n_frames: int) -> Path:
+    """Write consecutive (n, V, 3) blocks as one float32 .npy of FaceFormer's shape (n_frames, V*3), block by
+    block (nothing held in memory), under a temporary name renamed only when complete."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".partial.npy")
+    written = 0
+    try:
+        with open(tmp, "wb") as f:
+            for block in blocks:
+                block = np.ascontiguousarray(block, np.float32).reshape(len(block), -1)
+                if written == 0:
+                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                              "shape": (n_frames, block.shape[1])}
+                    np.lib.format.write_array_header_1_0(f, header)
+                f.write(block.tobytes())
+                written += len(block)
+        if written != n_frames:
+            raise ValueError(f"{path}: {written} frames were written, {n_frames} expected")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+class NpyFrames:
+    """Frames of a (T, V*3) or (T, V, 3) .npy read a slice at a time: each read maps the file, copies the
+    slice and unmaps it, so rendering or exporting a long sequence keeps only that slice in memory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.shape, self.ndim = arr.shape, arr.ndim
+        del arr
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        out = np.array(arr[index])
+        del arr
+        return out
 
 
 def write_obj_sequence(folder: str | Path, vertices, faces: np.ndarray, stem: str = "frame",

@@ -23,8 +23,9 @@ from avguide.render.video import VideoError
 def stream_video(path: str | Path, vertices, faces: np.ndarray, albedo: np.ndarray | None, camera: OrthoCamera,
                  fps: float, audio: np.ndarray | None = None, batch: int = 32, crf: int = 18,
                  progress: bool = False) -> Path:
-    """Render (T, V, 3) vertices (an array or a memory-mapped .npy; (T, V*3) is accepted) through `camera`
-    and write them as an MP4, with `audio` (16 kHz mono) muxed in if given. Memory: one batch of frames."""
+    """Render (T, V, 3) vertices (anything sliceable: an array, avguide.inference.NpyFrames; (T, V*3) is
+    accepted) through `camera` and write them as an MP4, with `audio` (16 kHz mono) muxed in if given.
+    Memory: one batch of frames."""
     path = Path(path)
     n_frames = len(vertices)
     if n_frames == 0:
