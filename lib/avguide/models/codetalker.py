@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avguide.losses import vertex_mse
 from avguide.models.faceformer import (SMALL_WAV2VEC2, Attention, AudioEncoder, DecoderLayer, alibi_slopes,
                                        biased_causal_mask, check_styles, periodic_positional_encoding)
 
@@ -197,24 +198,24 @@ class CodeTalker(nn.Module):
             inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
         return torch.cat(offsets, 1), torch.cat(feats, 1)
 
-    def predictor_loss(self, batch: dict) -> torch.Tensor:
-        """Stage 2: motion MSE of the decoded prediction + reg_weight * MSE of the predicted features
-        against the (fixed) quantised latents of the ground truth, over the real frames."""
+    def training_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2 on a collated batch: the differentiable (B, T, V, 3) prediction (teacher-forced as the
+        public code, or the model's own rollout) and the auxiliary loss, reg_weight * MSE (m²-scaled) of the
+        predicted features against the fixed quantised latents of the ground truth, over the real frames."""
         motion = self.scaled_offsets(batch)
         memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
         style = self.style(check_styles(batch["subject_ids"], self.cfg.n_subjects))[:, None]
         if self.cfg.teacher_forcing:
             feat = self.features(self.predictor_inputs(motion[:, :-1], style), memory)
-            pred = self.decode_codes(self.quantizer(feat)[0])
+            offsets = self.decode_codes(self.quantizer(feat)[0])
         else:
-            pred, feat = self.rollout(memory, style)
+            offsets, feat = self.rollout(memory, style)
         with torch.no_grad():
             target = self.quantizer(self.encode_motion(motion, batch["frame_mask"]))[1]
         mask = batch["frame_mask"].to(motion.dtype)
-        n = mask.sum()
-        rec = (((pred - motion) ** 2).mean(-1) * mask).sum() / n
-        reg = (((feat - target) ** 2).mean((-1, -2)) * mask).sum() / n
-        return rec / self.cfg.motion_scale**2 + self.cfg.reg_weight * reg / self.cfg.motion_scale**2
+        reg = (((feat - target) ** 2).mean((-1, -2)) * mask).sum() / mask.sum() / self.cfg.motion_scale**2
+        pred = batch["templates"][:, None] + (offsets / self.cfg.motion_scale).view(*offsets.shape[:2], -1, 3)
+        return pred, self.cfg.reg_weight * reg
 
     # --- the animator interface ----------------------------------------------------------------------
     def scaled_offsets(self, batch: dict) -> torch.Tensor:
@@ -222,7 +223,10 @@ class CodeTalker(nn.Module):
 
     def loss(self, batch: dict) -> torch.Tensor:
         """The current stage's loss on a collated batch (avguide.data.dataset.collate)."""
-        return self.vq_loss(batch) if self.stage == 1 else self.predictor_loss(batch)
+        if self.stage == 1:
+            return self.vq_loss(batch)
+        pred, aux = self.training_prediction(batch)
+        return vertex_mse(pred, batch["vertices"], batch["frame_mask"]) + aux
 
     def forward(self, audio, audio_lengths, n_frames, templates, subject_ids, use_cache: bool = True) -> torch.Tensor:
         """Predicted vertices (B, T_max, V, 3), autoregressive and differentiable; frames past n_frames[b]

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from avguide.losses import vertex_mse
+
 SMALL_WAV2VEC2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                       conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
@@ -261,9 +263,10 @@ class FaceFormer(nn.Module):
         offsets = self.rollout(memory, self.style_of(subject_ids)[:, None], use_cache) / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        """Vertex MSE over the real frames of a collated batch: autoregressive rollout (FaceFormer's
-        default) or, with `teacher_forcing`, one causal pass over the shifted ground truth."""
+    def training_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable (B, T, V, 3) prediction on a collated batch, as training sees it: the autoregressive
+        rollout (FaceFormer's default) or, with `teacher_forcing`, one causal pass over the shifted ground
+        truth; and the model's auxiliary loss (none)."""
         if self.cfg.teacher_forcing:
             pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
                         batch["subject_ids"], batch["vertices"])
@@ -271,5 +274,9 @@ class FaceFormer(nn.Module):
             memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
             offsets = self.rollout(memory, self.style_of(batch["subject_ids"])[:, None]) / self.cfg.motion_scale
             pred = batch["templates"][:, None] + offsets.view(*offsets.shape[:2], -1, 3)
-        mask = batch["frame_mask"][..., None, None].to(pred.dtype)
-        return ((pred - batch["vertices"]) ** 2 * mask).sum() / (mask.sum() * pred.shape[-2] * 3)
+        return pred, pred.new_zeros(())
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Vertex MSE over the real frames of a collated batch (the baseline loss)."""
+        pred, aux = self.training_prediction(batch)
+        return vertex_mse(pred, batch["vertices"], batch["frame_mask"]) + aux

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from avguide.losses import AVGuidance, LossWeights, animator_loss
 from avguide.models.checkpoint import save_checkpoint
 
 
@@ -20,29 +21,42 @@ class AnimatorModule(pl.LightningModule):
 
     Subjects unseen in training (subject id -1: validation and test speakers) borrow the style of
     training subject `unseen_style`, as FaceFormer conditions its test subjects on a training style.
+    With `weights` the training loss is the paper's weighted sum (avguide.losses.animator_loss; L_av needs
+    `guidance` and `lip_ids`), each term logged, and every `diagnose_every` steps the mean gradient norm of
+    L_av on lip and on non-lip vertices; validation always reports the animator's own loss.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1e-4, unseen_style: int = 0):
+    def __init__(self, model: nn.Module, lr: float = 1e-4, unseen_style: int = 0, weights: LossWeights | None = None,
+                 guidance: AVGuidance | None = None, lip_ids=None, diagnose_every: int = 10):
         super().__init__()
-        self.model = model
+        self.model, self.guidance = model, guidance
         self.lr = lr
         self.unseen_style = unseen_style
+        self.weights, self.lip_ids, self.diagnose_every = weights, lip_ids, diagnose_every
 
     def _styled(self, batch: dict) -> dict:
         return {**batch, "subject_ids": borrow_style(batch["subject_ids"], self.unseen_style)}
 
     def training_step(self, batch, batch_idx):
-        loss = self.model.loss(self._styled(batch))
-        self.log("train/loss", loss, batch_size=len(batch["n_frames"]), prog_bar=True, sync_dist=True)
-        return loss
+        n = len(batch["n_frames"])
+        if self.weights is None:
+            loss = self.model.loss(self._styled(batch))
+            self.log("train/loss", loss, batch_size=n, prog_bar=True, sync_dist=True)
+            return loss
+        diagnose = self.global_step % self.diagnose_every == 0
+        terms = animator_loss(self.model, self._styled(batch), self.weights, self.lip_ids, self.guidance, diagnose)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=n, prog_bar=name == "loss", sync_dist=True)
+        return terms["loss"]
 
     def validation_step(self, batch, batch_idx):
         loss = self.model.loss(self._styled(batch))
         self.log("val/loss", loss, batch_size=len(batch["n_frames"]), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        """Adam, its learning rate decayed along a cosine to zero over the whole run."""
-        opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+        """Adam over every trainable parameter (the expert's too when it trains jointly), its learning rate
+        decayed along a cosine to zero over the whole run."""
+        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
                                                    "interval": "step"}}

@@ -1,0 +1,41 @@
+"""Mouth-crop renders of a 3D corpus' meshes, framed and painted as the 2D corpus frames its identities,
+so the lip-reading expert sees animator output the way it saw its training data."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avguide.render import MeshRenderer, RasterSettings, mouth_camera
+
+
+class MouthView:
+    """Renders (T, V, 3) vertex sequences of one topology: its faces and albedo (a uniform grey when the
+    corpus has none, as VOCASET and BIWI), through each subject's mouth camera (fixed from the template's
+    lip vertices). Differentiable with respect to the vertices; frames are rendered `chunk` at a time."""
+
+    def __init__(self, topology, size: int = 88, chunk: int = 64):
+        self.faces = torch.as_tensor(np.asarray(topology.faces), dtype=torch.long)
+        n_vertices = int(self.faces.max()) + 1
+        albedo = topology.albedo if topology.albedo is not None else np.full(n_vertices, 0.7)
+        self.albedo = torch.as_tensor(np.asarray(albedo), dtype=torch.float32)
+        self.lip_ids = np.asarray(topology.lip_ids)
+        self.size, self.chunk = size, chunk
+
+    def renderer(self, template) -> MeshRenderer:
+        camera = mouth_camera(np.asarray(template, np.float32), self.lip_ids, size=self.size)
+        return MeshRenderer(camera, RasterSettings(image_size=self.size))
+
+    def clip(self, vertices: torch.Tensor, template) -> torch.Tensor:
+        """(T, V, 3) vertices of a subject with this template -> (T, H, W) grey frames in [0, 1]."""
+        render = self.renderer(template)
+        faces, albedo = self.faces.to(vertices.device), self.albedo.to(vertices.device)
+        return torch.cat([render(vertices[k : k + self.chunk], faces, albedo)
+                          for k in range(0, len(vertices), self.chunk)])
+
+    def batch(self, vertices: torch.Tensor, templates: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, V, 3) padded vertices, (B, V, 3) templates, (B,) lengths -> (B, T, H, W), padding zero."""
+        clips = [self.clip(vertices[b, : int(n)], templates[b].detach().cpu().numpy()) for b, n in enumerate(n_frames)]
+        out = vertices.new_zeros(len(clips), vertices.shape[1], self.size, self.size)
+        for b, c in enumerate(clips):
+            out[b, : len(c)] = c
+        return out
