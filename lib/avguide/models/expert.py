@@ -246,7 +246,7 @@ class Expert(nn.Module):
 
     def frames_for(self, audio_lengths: torch.Tensor) -> torch.Tensor:
         """Video frames spanned by audio of these lengths (audio-only mode)."""
-        return torch.round(audio_lengths.double() * self.cfg.fps / self.cfg.sample_rate).long().clamp(min=1)
+        return torch.floor(audio_lengths.double() * self.cfg.fps / self.cfg.sample_rate + 0.5).long().clamp(min=1)
 
     def encode(self, video=None, video_lengths=None, audio=None, audio_lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder output (B, T·upsample, d_model) and its lengths. Video (B, T, H, W) in [0, 1], audio (B, S) 16 kHz."""
