@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -61,21 +62,34 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path):
     assert int(adam_step) == 6  # the optimizer's moments came back with the weights
 
 
-def test_train_stage_writes_model_and_metrics(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
     from avguide.data.synthetic import SyntheticConfig, build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"), SyntheticConfig(
+        seed=2, subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=2), progress=False)
+
+
+def tiny_params(corpus, out):
+    return {"seed": 0, "prepare": {"out": str(corpus)},
+            "train": {"out": str(out), "batch_size": 2, "lr": 1e-3,
+                      "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1},
+                      "faceformer": {"feature_dim": 32, "period": 25},
+                      "codetalker": {"epochs": [1, 1], "feature_dim": 32, "vq_dim": 32, "n_codes": 16}}}
+
+
+@pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
+def test_train_stage_writes_model_and_metrics(tiny_corpus, tmp_path, animator):
     from avguide.models.checkpoint import load_checkpoint
     from avguide.training.run import ANIMATORS, train_animator
 
-    corpus = build_corpus(tmp_path / "corpus", SyntheticConfig(seed=2, subjects={"train": 2, "val": 1, "test": 1},
-                                                               sentences_per_subject=2), progress=False)
-    params = {"seed": 0, "prepare": {"out": str(corpus)},
-              "train": {"out": str(tmp_path / "models"), "batch_size": 2, "lr": 1e-3,
-                        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1},
-                        "faceformer": {"feature_dim": 32, "period": 25}}}
-    metrics = train_animator(params, "faceformer", progress=False)
-    assert set(metrics) == {"LVE", "MVE", "FDD", "static_template_LVE"}
+    metrics = train_animator(tiny_params(tiny_corpus, tmp_path / "models"), animator, progress=False)
+    assert set(metrics) == {"LVE", "MVE", "FDD", "static_template_LVE", "train_s"}
     assert all(np.isfinite(v) for v in metrics.values()) and metrics["static_template_LVE"] > 0
-    folder = tmp_path / "models" / "faceformer"
+    folder = tmp_path / "models" / animator
     assert json.loads((folder / "metrics.json").read_text()) == metrics
-    model = load_checkpoint(*ANIMATORS["faceformer"], folder / "model")
+    model = load_checkpoint(*ANIMATORS[animator], folder / "model")
     assert model.cfg.n_subjects == 2 and model.cfg.feature_dim == 32
+    if animator == "codetalker":  # both stages ran and logged
+        assert (folder / "dvclive" / "stage1" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+        assert (folder / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").is_file()

@@ -40,11 +40,14 @@ def vertex_mse(pred: torch.Tensor, true: torch.Tensor, frame_mask: torch.Tensor,
 class AVGuidance(nn.Module):
     """L_av's parts: render the predicted mouths, let the expert read them with the speech. With
     `update_expert` the expert trains jointly with the animator (as the paper); otherwise it is frozen and
-    stays in evaluation mode (no dropout)."""
+    stays in evaluation mode (no dropout). Only the first `items` clips of a batch are rendered and read
+    (rendering with gradients costs ~10 ms a frame on a CPU core); None reads them all."""
 
-    def __init__(self, expert: nn.Module, view, augment: AugmentConfig | None = None, update_expert: bool = True):
+    def __init__(self, expert: nn.Module, view, augment: AugmentConfig | None = None, update_expert: bool = True,
+                 items: int | None = None):
         super().__init__()
         self.expert, self.view, self.augment, self.update_expert = expert, view, augment, update_expert
+        self.items = items
         self.expert.requires_grad_(update_expert)
 
     def train(self, mode: bool = True) -> "AVGuidance":
@@ -53,13 +56,15 @@ class AVGuidance(nn.Module):
         return self
 
     def forward(self, vertices: torch.Tensor, batch: dict):
-        """ExpertLoss (loss, ctc, ce) of the rendered (B, T, V, 3) vertices of a collated batch."""
-        video = self.view.batch(vertices, batch["templates"], batch["n_frames"])
-        audio = batch["audio"]
+        """ExpertLoss (loss, ctc, ce) of the rendered (B, T, V, 3) vertices of a collated batch (of its
+        first `items` clips)."""
+        k = slice(0, self.items)
+        n_frames, audio_lengths = batch["n_frames"][k], batch["audio_lengths"][k]
+        audio = batch["audio"][k, : int(audio_lengths.max())]
+        video = self.view.batch(vertices[k, : int(n_frames.max())], batch["templates"][k], n_frames)
         if self.augment is not None:
-            video, audio = augment_av(video, batch["n_frames"], audio, batch["audio_lengths"], self.augment)
-        return self.expert.loss(video, batch["n_frames"], audio, batch["audio_lengths"], batch["tokens"],
-                                batch["token_lengths"])
+            video, audio = augment_av(video, n_frames, audio, audio_lengths, self.augment)
+        return self.expert.loss(video, n_frames, audio, audio_lengths, batch["tokens"][k], batch["token_lengths"][k])
 
 
 def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, guidance: AVGuidance | None = None,
@@ -79,8 +84,8 @@ def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, 
         terms["ctc"], terms["ce"] = parts.ctc, parts.ce
         av = weights.ctc * parts.ctc + weights.ce * parts.ce
         total = total + weights.av * av
-        if diagnose:
-            terms.update(av_gradient_norms(av, pred, batch["frame_mask"], lip_ids))
+        if diagnose:  # over the clips L_av read
+            terms.update(av_gradient_norms(av, pred, batch["frame_mask"][: guidance.items], lip_ids))
     terms["loss"] = total
     return terms
 
@@ -88,7 +93,7 @@ def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, 
 def av_gradient_norms(av: torch.Tensor, pred: torch.Tensor, frame_mask: torch.Tensor, lip_ids) -> dict[str, torch.Tensor]:
     """Mean L2 norm of d(av)/d(vertex) on the lip vertices and on all the others, over the real frames."""
     (grad,) = torch.autograd.grad(av, pred, retain_graph=True)
-    norms = grad.detach().norm(dim=-1)[frame_mask]  # (N real frames, V)
+    norms = grad.detach()[: len(frame_mask)].norm(dim=-1)[frame_mask]  # (N real frames, V)
     lips = torch.zeros(norms.shape[-1], dtype=torch.bool, device=norms.device)
     lips[torch.as_tensor(lip_ids, device=norms.device, dtype=torch.long)] = True
     return {"grad_lip": norms[:, lips].mean(), "grad_nonlip": norms[:, ~lips].mean()}

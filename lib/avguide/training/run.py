@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,18 @@ def score(pred, true, templates, topology) -> dict:
     }
 
 
+def fit(module: pl.LightningModule, corpus: Corpus, cfg: dict, out: Path, epochs: int, live: Path, progress: bool = True,
+        datasets: tuple | None = None) -> None:
+    """Fit `module` on the corpus' train split (validating on val) for `epochs` with params['train'] settings;
+    the animator is saved to out/model at the end, curves go to `live` (DVCLive)."""
+    train, val = datasets or (TalkingFaceDataset(corpus, "train", cache=True), TalkingFaceDataset(corpus, "val", cache=True))
+    loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
+    logger = DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)
+    trainer = make_trainer({**cfg["trainer"], "max_epochs": epochs}, out, logger=logger, enable_progress_bar=progress,
+                           enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
+    trainer.fit(module, DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
+
+
 def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     """Train animator `name` with params['train'], write data/models/<name>/ (weights, config, metrics.json)."""
     cfg = params["train"]
@@ -76,21 +89,16 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     root = project_root()
     corpus = Corpus(root / params["prepare"]["out"])
     out = root / cfg["out"] / name
-    train = TalkingFaceDataset(corpus, "train", cache=True)
-    val = TalkingFaceDataset(corpus, "val", cache=True)
-    test = TalkingFaceDataset(corpus, "test", cache=True)
+    datasets = (TalkingFaceDataset(corpus, "train", cache=True), TalkingFaceDataset(corpus, "val", cache=True))
     model = build_animator(name, cfg[name], corpus)
-    loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
     stages = stage_epochs(model, cfg[name], cfg["trainer"]["max_epochs"])
+    start = time.perf_counter()
     for stage, epochs in stages:  # the last stage logs to dvclive/, earlier ones to dvclive/stage<k>/
         if stage is not None:
             model.set_stage(stage)
         live = out / "dvclive" if stage == stages[-1][0] else out / "dvclive" / f"stage{stage}"
-        logger = DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)
-        trainer = make_trainer({**cfg["trainer"], "max_epochs": epochs}, out, logger=logger, enable_progress_bar=progress,
-                               enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
-        trainer.fit(AnimatorModule(model, lr=cfg["lr"]), DataLoader(train, shuffle=True, **loaders),
-                    DataLoader(val, **loaders))
-    metrics = score(*predict_split(model, test), corpus.topology)
+        fit(AnimatorModule(model, lr=cfg["lr"]), corpus, cfg, out, epochs, live, progress, datasets)
+    metrics = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
+    metrics["train_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
