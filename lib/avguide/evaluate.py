@@ -1,0 +1,92 @@
+"""The `evaluate` stage: every trained animator, and the ground-truth and static-template bounds, on the 3D
+test subjects (never seen in training).
+
+Geometry: LVE, MVE, FDD (avguide.metrics). Readability: the visual-only judge (trained on the 2D corpus only,
+never a loss) reads mouth renders of each prediction; CER, WER and VER (viseme error rate) of its transcripts.
+Runs with several seeds are reported as their mean with a standard deviation.
+
+Writes `eval.out`/: metrics.json ({model: {LVE, MVE, FDD, CER, WER, VER, ...}}), per_utterance.csv.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avguide.data.corpus import Corpus
+from avguide.data.dataset import TalkingFaceDataset
+from avguide.metrics import cer, lve, ver, wer
+from avguide.models.checkpoint import load_checkpoint
+from avguide.models.expert import Expert, ExpertConfig
+from avguide.params import project_root
+from avguide.render.mouth import MouthView
+from avguide.training.expert import transcribe_dataset
+from avguide.training.guide import render_items, run_name
+from avguide.training.run import ANIMATORS, predict_split, score
+
+METRICS = ("LVE", "MVE", "FDD", "CER", "WER", "VER")
+
+
+def trained_models(params: dict) -> dict[str, list[tuple[int, Path]]]:
+    """{model key: [(seed, model folder)]}: `<animator>-baseline` (train stage) and `<animator>-<loss>` for
+    every guide run configured; a configured model that was not trained is an error."""
+    root, out = project_root(), project_root() / params["train"]["out"]
+    models = {}
+    for animator in params["train"]["animators"]:
+        models[f"{animator}-baseline"] = [(params["seed"], out / animator / "model")]
+        for loss in params["guide"]["losses"]:
+            models[f"{animator}-{loss}"] = [(s, out / run_name(animator, loss, s) / "model") for s in params["guide"]["seeds"]]
+    missing = [str(f.relative_to(root)) for runs in models.values() for _, f in runs if not (f / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"not trained yet (run their stages first): {', '.join(missing)}")
+    return models
+
+
+def read_renders(judge: Expert, corpus: Corpus, view: MouthView, sequences, settings: dict, progress: bool):
+    """The judge's transcripts of mouth renders of one sequence per test utterance."""
+    items = render_items(corpus, "test", view, sequences, progress=progress)
+    return transcribe_dataset(judge, items, beam_size=settings["beam_size"], ctc_weight=settings["decode_ctc_weight"])
+
+
+def evaluate(params: dict, progress: bool = True) -> dict:
+    root = project_root()
+    corpus = Corpus(root / params["prepare"]["out"])
+    test = TalkingFaceDataset(corpus, "test", cache=True)
+    judge = load_checkpoint(Expert, ExpertConfig, root / params["pretrain_expert"]["out"] / "judge").eval()
+    view = MouthView(corpus.topology)
+    torch.manual_seed(params["seed"])
+
+    items = [test[i] for i in range(len(test))]
+    true = [item["vertices"].numpy() for item in items]
+    templates = [item["template"].numpy() for item in items]
+    runs = {"ground_truth": [(params["seed"], true)],
+            "static_template": [(params["seed"], [np.broadcast_to(t, v.shape) for t, v in zip(templates, true)])]}
+    for key, folders in trained_models(params).items():
+        animator = key.split("-")[0]
+        runs[key] = [(seed, predict_split(load_checkpoint(*ANIMATORS[animator], folder), test)[0]) for seed, folder in folders]
+
+    rows, results = [], {}
+    utterances = test.rows["utterance"].tolist()
+    for key, seeds in runs.items():
+        per_seed = []
+        for seed, pred in seeds:
+            geo = score(pred, true, templates, corpus.topology)
+            refs, hyps = read_renders(judge, corpus, view, pred, params["pretrain_expert"], progress)
+            per_seed.append({**{k: geo[k] for k in ("LVE", "MVE", "FDD")}, "CER": cer(refs, hyps), "WER": wer(refs, hyps),
+                             "VER": ver(refs, hyps)})
+            for u, p, t, r, h in zip(utterances, pred, true, refs, hyps):
+                rows.append({"model": key, "seed": seed, "utterance": u, "LVE": lve([p], [t], corpus.topology.lip_ids),
+                             "CER": cer([r], [h]), "reference": r, "judge": h})
+        table = pd.DataFrame(per_seed)
+        results[key] = {m: float(table[m].mean()) for m in METRICS}
+        if len(per_seed) > 1:
+            results[key].update({f"{m}_std": float(table[m].std(ddof=1)) for m in METRICS})
+        results[key]["n_seeds"] = len(per_seed)
+    out = root / params["eval"]["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
+    pd.DataFrame(rows).to_csv(out / "per_utterance.csv", index=False)
+    return results

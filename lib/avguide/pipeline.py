@@ -1,0 +1,55 @@
+"""Each stage's inputs, built on demand when missing, so a notebook also runs on its own (as the tests run the
+notebooks on the smoke profile). Under `dvc repro` everything is there already and nothing is rebuilt."""
+from __future__ import annotations
+
+from avguide.params import project_root
+
+
+def require(params: dict, need: str, progress: bool = False) -> None:
+    """Make sure `need` exists, building it (and what it needs) otherwise:
+    corpus | corpus_2d | expert | expert_3d | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
+    from avguide.data.prepare import prepare, prepare_2d
+    from avguide.training.expert import pretrain_expert
+    from avguide.training.guide import finetune_expert, guide_animator, run_name
+    from avguide.training.run import train_animator
+
+    root, kind, *args = project_root(), *need.split(":")
+    models = root / params["train"]["out"]
+    if kind == "corpus":
+        if not (root / params["prepare"]["out"] / "manifest.csv").exists():
+            prepare(params, progress)
+    elif kind == "corpus_2d":
+        if not (root / params["prepare_2d"]["out"] / "manifest.csv").exists():
+            prepare_2d(params, progress)
+    elif kind == "expert":
+        if not (root / params["pretrain_expert"]["out"] / "judge" / "config.json").exists():
+            require(params, "corpus", progress)
+            require(params, "corpus_2d", progress)
+            pretrain_expert(params, progress)
+    elif kind == "expert_3d":
+        if not (root / params["guide"]["expert_out"] / "model" / "config.json").exists():
+            require(params, "expert", progress)
+            finetune_expert(params, progress)
+    elif kind == "baseline":
+        if not (models / args[0] / "model" / "config.json").exists():
+            require(params, "corpus", progress)
+            train_animator(params, args[0], progress)
+    elif kind == "guided":
+        animator, loss, seed = args[0], args[1], int(args[2])
+        if not (models / run_name(animator, loss, seed) / "model" / "config.json").exists():
+            require(params, f"baseline:{animator}", progress)
+            if params["guide"]["weights"][loss].get("av"):
+                require(params, "expert_3d", progress)
+            guide_animator(params, animator, loss, seed, progress)
+    else:
+        raise ValueError(f"unknown requirement {need!r}")
+
+
+def require_all(params: dict, progress: bool = False) -> None:
+    """Every model the evaluate stage scores."""
+    require(params, "expert", progress)
+    for animator in params["train"]["animators"]:
+        require(params, f"baseline:{animator}", progress)
+        for loss in params["guide"]["losses"]:
+            for seed in params["guide"]["seeds"]:
+                require(params, f"guided:{animator}:{loss}:{seed}", progress)

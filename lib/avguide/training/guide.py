@@ -1,0 +1,124 @@
+"""AV-guided training, the paper's two stages on top of the baselines.
+
+Stage 1 (`finetune_expert`): the expert pretrained on the 2D corpus is fine-tuned on mouth renders of the 3D
+training subjects' ground-truth meshes, carrying its 2D prior into the 3D domain; its CER on renders of the
+3D test subjects is measured before and after (with the speech, and with most of the speech masked).
+Stage 2 (`guide_animator`): a trained baseline animator is fine-tuned with the weighted loss of
+`guide.weights[<loss>]` (avguide.losses), the expert frozen or updated jointly. Every loss setting, the
+plain-MSE control included, gets the same epochs from the same baseline, so the comparison is like for like.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from dvclive.lightning import DVCLiveLogger
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from avguide.data.avdataset import collate_av
+from avguide.data.corpus import Corpus
+from avguide.data.dataset import TalkingFaceDataset
+from avguide.data.text import VOCAB
+from avguide.losses import AVGuidance, LossWeights
+from avguide.metrics import cer, wer
+from avguide.models.augment import AugmentConfig
+from avguide.models.checkpoint import load_checkpoint, save_checkpoint
+from avguide.models.expert import Expert, ExpertConfig
+from avguide.params import project_root
+from avguide.render.mouth import MouthView
+from avguide.training.animator import AnimatorModule, make_trainer
+from avguide.training.expert import ExpertModule, mask_audio, transcribe_dataset
+from avguide.training.run import ANIMATORS, fit, predict_split, score
+
+
+@torch.no_grad()
+def render_items(corpus: Corpus, split: str, view: MouthView, sequences: list[np.ndarray] | None = None,
+                 progress: bool = True) -> list[dict]:
+    """A split of the 3D corpus as a 2D lip-reading dataset (items for collate_av): uint8 mouth renders of the
+    ground-truth meshes, or of `sequences` (one (T, V, 3) array per utterance of the split, in order)."""
+    rows = corpus.split(split)
+    items = []
+    for i, row in enumerate(tqdm(list(rows.itertuples()), desc=f"render {split}", disable=not progress)):
+        audio, vertices = corpus.load(row.utterance)
+        if sequences is not None:
+            vertices = sequences[i]
+        frames = view.clip(torch.as_tensor(np.asarray(vertices, np.float32)), corpus.templates[row.subject])
+        items.append({"utterance": row.utterance, "speaker": row.subject, "text": row.text,
+                      "video": (frames.clamp(0, 1) * 255).round().to(torch.uint8),
+                      "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)),
+                      "tokens": torch.tensor(VOCAB.encode(row.text), dtype=torch.long)})
+    return items
+
+
+def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: str) -> dict:
+    """CER and WER of the expert on rendered items, with the speech and with most of it masked."""
+    kw = dict(beam_size=settings["beam_size"], ctc_weight=settings["decode_ctc_weight"])
+    out = {}
+    for key, fns in (("", {}), ("_masked_audio", {"audio_fn": mask_audio(settings["eval"]["masked_audio_fraction"])})):
+        refs, hyps = transcribe_dataset(expert, items, **kw, **fns)
+        out[f"{prefix}cer{key}"], out[f"{prefix}wer{key}"] = cer(refs, hyps), wer(refs, hyps)
+    return out
+
+
+def finetune_expert(params: dict, progress: bool = True) -> dict:
+    """Stage 1: fine-tune the pretrained AV expert on renders of the 3D training subjects; write
+    guide.expert_out/ (model/, dvclive/, metrics.json with the before/after CER on the 3D test subjects)."""
+    g, pe = params["guide"], params["pretrain_expert"]
+    root = project_root()
+    pl.seed_everything(params["seed"], workers=True)
+    out = root / g["expert_out"]
+    corpus = Corpus(root / params["prepare"]["out"])
+    view = MouthView(corpus.topology)
+    expert = load_checkpoint(Expert, ExpertConfig, root / pe["out"] / "model")
+    train, test = render_items(corpus, "train", view, progress=progress), render_items(corpus, "test", view, progress=progress)
+    metrics = reading_scores(expert, test, pe, "before_")
+    start = time.perf_counter()
+    module = ExpertModule(expert, lr=g["expert_lr"], weight_decay=pe.get("weight_decay", 0.01),
+                          warmup_steps=g["expert_warmup_steps"], augment=AugmentConfig(**pe["augment"], fps=expert.cfg.fps))
+    trainer = make_trainer({**pe["trainer"], "max_epochs": g["expert_epochs"]}, out, enable_progress_bar=progress,
+                           enable_checkpointing=False, num_sanity_val_steps=0,
+                           logger=DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False))
+    trainer.fit(module, DataLoader(train, batch_size=pe["batch_size"], shuffle=True, collate_fn=collate_av))
+    metrics["finetune_s"] = round(time.perf_counter() - start, 1)
+    metrics.update(reading_scores(expert.eval(), test, pe, "after_"))
+    save_checkpoint(expert, out / "model")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def run_name(animator: str, loss: str, seed: int) -> str:
+    return f"{animator}-{loss}-seed{seed}"
+
+
+def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: bool = True) -> dict:
+    """Stage 2: fine-tune the baseline `animator` with loss setting `loss` (guide.weights) and `seed`; write
+    train.out/<animator>-<loss>-seed<seed>/ (model/, dvclive/, metrics.json: LVE, MVE, FDD, static bound)."""
+    g, cfg = params["guide"], params["train"]
+    if loss not in g["weights"]:
+        raise ValueError(f"unknown loss setting {loss!r}; guide.weights has {sorted(g['weights'])}")
+    root = project_root()
+    pl.seed_everything(seed, workers=True)
+    corpus = Corpus(root / params["prepare"]["out"])
+    model = load_checkpoint(*ANIMATORS[animator], root / cfg["out"] / animator / "model")
+    if hasattr(model, "set_stage"):
+        model.set_stage(model.stages[-1])
+    weights = LossWeights(**g["weights"][loss])
+    guidance = None
+    if weights.av:
+        expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
+        augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
+        guidance = AVGuidance(expert, MouthView(corpus.topology), augment, g["update_expert"], g["items"])
+    module = AnimatorModule(model, lr=g["lr"], weights=weights, guidance=guidance, lip_ids=corpus.topology.lip_ids,
+                            diagnose_every=cfg["trainer"].get("log_every_n_steps", 10))
+    out = root / cfg["out"] / run_name(animator, loss, seed)
+    start = time.perf_counter()
+    fit(module, corpus, cfg, out, g["epochs"], out / "dvclive", progress)
+    metrics = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
+    metrics["train_s"] = round(time.perf_counter() - start, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
