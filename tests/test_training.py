@@ -93,3 +93,31 @@ def test_train_stage_writes_model_and_metrics(tiny_corpus, tmp_path, animator):
     if animator == "codetalker":  # both stages ran and logged
         assert (folder / "dvclive" / "stage1" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
         assert (folder / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
+    """Stage 2 of the paper on a tiny corpus: the baseline fine-tuned with MSE + lip MSE + L_av through the
+    renderer and a (tiny, untrained) expert; the model moves, the gradient diagnostics are logged."""
+    from avguide.models.checkpoint import load_checkpoint, save_checkpoint
+    from avguide.models.expert import Expert, ExpertConfig
+    from avguide.training.guide import guide_animator
+    from avguide.training.run import ANIMATORS, train_animator
+
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    train_animator(params, "faceformer", progress=False)
+    torch.manual_seed(0)
+    save_checkpoint(Expert(ExpertConfig(d_model=32, n_heads=2, ffn_dim=64, conformer_layers=1, conv_kernel=5,
+                                        stem_channels=8, resnet_channels=(8, 16))), tmp_path / "expert-3d" / "model")
+    params["pretrain_expert"] = {"augment": {}}
+    params["guide"] = {"expert_out": str(tmp_path / "expert-3d"), "epochs": 1, "lr": 1e-3, "update_expert": True,
+                       "items": 1, "augment": {"noise_prob": 1.0},
+                       "weights": {"avguide": {"mse": 1.0, "rlv": 1.0, "av": 1e-3}}}
+    metrics = guide_animator(params, "faceformer", "avguide", seed=3, progress=False)
+    assert np.isfinite(metrics["LVE"]) and metrics["static_template_LVE"] > 0
+    run = tmp_path / "models" / "faceformer-avguide-seed3"
+    curves = run / "dvclive" / "plots" / "metrics" / "train"
+    for name in ("loss", "mse", "rlv", "ctc", "ce", "grad_lip", "grad_nonlip"):
+        assert (curves / f"{name}.tsv").is_file(), name
+    base = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
+    tuned = load_checkpoint(*ANIMATORS["faceformer"], run / "model")
+    assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight)
