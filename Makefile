@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup reproduce test lab bench clean-venv
+.PHONY: setup reproduce ablation test lab bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ setup: $(STAMP)
 
 reproduce: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# FaceFormer's loss ablation (mse, mse+rlv, mse+av, avguide) over three seeds, on top of `make reproduce`'s
+# baselines and expert: a DVC experiment with those parameters set (see README, "AV-guided training").
+ablation: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -S 'train.animators=[faceformer]' \
+		-S 'guide.losses=[mse,mse+rlv,mse+av,avguide]' -S 'guide.seeds=[0,1,2]'
 
 test: setup
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider
