@@ -190,9 +190,9 @@ class CodeTalker(nn.Module):
                 feat = self.feat_map(x).view(x.shape[0], 1, self.cfg.codes_per_frame, -1)
                 offset = self.decode_codes(self.quantizer(feat)[0], cache, first=t)
             else:  # the public code's loop
-                feat = self.features(inputs, memory)[:, -1:]
+                feat = self.features(inputs, memory)[:, -1:].clone()
                 feats_so_far = torch.cat([*feats, feat], 1)
-                offset = self.decode_codes(self.quantizer(feats_so_far)[0])[:, -1:]
+                offset = self.decode_codes(self.quantizer(feats_so_far)[0])[:, -1:].clone()  # not a view of the prefix
             feats.append(feat)
             offsets.append(offset)
             inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
