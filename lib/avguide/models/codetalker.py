@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avguide.losses import vertex_mse
-from avguide.models.faceformer import (SMALL_WAV2VEC2, Attention, AudioEncoder, DecoderLayer, alibi_slopes,
+from avguide.models.faceformer import (SMALL_WAV2VEC2, Attention, AudioEncoder, DecoderLayer, alibi_slopes, alignment_bias,
                                        biased_causal_mask, check_styles, periodic_positional_encoding)
 
 
@@ -168,7 +168,7 @@ class CodeTalker(nn.Module):
         t = inputs.shape[1]
         x = inputs + self.ppe[:t]
         self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
-        cross_bias = torch.full((t, memory.shape[1]), float("-inf"), device=inputs.device).fill_diagonal_(0.0)
+        cross_bias = alignment_bias(t, memory.shape[1], inputs.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_bias, cross_bias, index=i)
         return self.feat_map(x).view(*x.shape[:2], self.cfg.codes_per_frame, -1)
@@ -178,7 +178,7 @@ class CodeTalker(nn.Module):
         (B, T, codes_per_frame, code_dim) predicted features. With the cache each frame goes once through
         the predictor and once through the VQ decoder; without, the whole prefix again every frame."""
         t_max = memory.shape[1]
-        cross_bias = torch.full((t_max, t_max), float("-inf"), device=memory.device).fill_diagonal_(0.0)
+        cross_bias = alignment_bias(t_max, t_max, memory.device)
         cache: dict | None = {} if use_cache else None
         inputs, offsets, feats = style, [], []
         for t in range(t_max):

@@ -100,6 +100,11 @@ def biased_causal_mask(n_heads: int, n: int, period: int, first_row: int = 0) ->
     return bias.masked_fill((j > i)[None], float("-inf"))
 
 
+def alignment_bias(t: int, s: int, device=None) -> torch.Tensor:
+    """(t, s) additive cross-attention mask: frame i attends to audio feature i only."""
+    return torch.full((t, s), float("-inf"), device=device).fill_diagonal_(0.0)
+
+
 class Attention(nn.Module):
     """Multi-head attention with an additive bias and an optional key/value cache for incremental decoding."""
 
@@ -208,16 +213,12 @@ class FaceFormer(nn.Module):
     def style_of(self, subject_ids: torch.Tensor) -> torch.Tensor:
         return self.style(check_styles(subject_ids, self.cfg.n_subjects))
 
-    def cross_bias(self, t: int, s: int, device) -> torch.Tensor:
-        """Alignment mask: frame i attends to audio feature i only."""
-        return torch.full((t, s), float("-inf"), device=device).fill_diagonal_(0.0)
-
     def decode(self, inputs: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Whole-sequence causal decoding: (B, T, d) inputs -> (B, T, d)."""
         t = inputs.shape[1]
         x = inputs + self.ppe[:t]
         self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
-        cross_bias = self.cross_bias(t, memory.shape[1], inputs.device)
+        cross_bias = alignment_bias(t, memory.shape[1], inputs.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_bias, cross_bias, index=i)
         return x
@@ -239,7 +240,7 @@ class FaceFormer(nn.Module):
         """Autoregressive decoding, each frame fed the model's own previous output: (B, T, V*3) offsets
         (scaled). Differentiable, so training can use it as FaceFormer does (no exposure bias)."""
         t_max = memory.shape[1]
-        cross_bias = self.cross_bias(t_max, t_max, memory.device)
+        cross_bias = alignment_bias(t_max, t_max, memory.device)
         cache: dict | None = {} if use_cache else None
         inputs, outputs = style, []
         for t in range(t_max):

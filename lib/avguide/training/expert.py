@@ -217,28 +217,23 @@ def evaluate_readers(expert: Expert, judge: Expert, test: AVDataset, settings: d
 # ------------------------------------------------------------------ the judge on renders of the 3D corpus
 
 def render_3d_split(corpus, split: str = "test", static: bool = False, size: int = 88) -> list[tuple[np.ndarray, str]]:
-    """Grey mouth crops of every utterance of a 3D corpus split rendered as synthetic2d renders them
-    (the mesh's faces and albedo; mouth camera on the subject's template): (T, H, W) in [0, 1] and the text.
-    `static=True` renders the template for every frame (no motion)."""
-    from types import SimpleNamespace
-
-    from avguide.render import RasterSettings, mouth_camera, render_mouth
+    """Grey mouth crops of every utterance of a 3D corpus split as the AV losses render them
+    (avguide.render.mouth.MouthView): (T, H, W) in [0, 1] and the text. `static=True` renders the template
+    for every frame (no motion)."""
+    from avguide.render.mouth import MouthView
 
     topo = corpus.topology
     if topo.albedo is None:
         raise ValueError(f"{corpus.root / 'topology.npz'}: no albedo; the judge-on-3D figures need the synthetic corpus")
-    mesh = SimpleNamespace(faces=topo.faces, albedo=topo.albedo.astype(np.float32))
+    view = MouthView(topo, size=size, chunk=16)
     out = []
     for _, row in corpus.split(split).iterrows():
         template = corpus.templates[row["subject"]]
         verts = corpus.vertices(row["utterance"])
         if static:
             verts = np.broadcast_to(template, verts.shape)
-        camera = mouth_camera(template, topo.lip_ids, size=size)
         with torch.no_grad():
-            v = torch.from_numpy(np.ascontiguousarray(verts, np.float32))
-            frames = torch.cat([render_mouth(v[k:k + 16], mesh, camera, RasterSettings(image_size=size))
-                                for k in range(0, len(v), 16)])
+            frames = view.clip(torch.from_numpy(np.ascontiguousarray(verts, np.float32)), template)
         out.append((frames.numpy(), row["text"]))
     return out
 

@@ -44,9 +44,10 @@ def render_items(corpus: Corpus, split: str, view: MouthView, sequences: list[np
     rows = corpus.split(split)
     items = []
     for i, row in enumerate(tqdm(list(rows.itertuples()), desc=f"render {split}", disable=not progress)):
-        audio, vertices = corpus.load(row.utterance)
-        if sequences is not None:
-            vertices = sequences[i]
+        if sequences is None:
+            audio, vertices = corpus.load(row.utterance)
+        else:  # predictions: only the audio is read
+            audio, vertices = corpus.audio(row.utterance), sequences[i]
         frames = view.clip(torch.as_tensor(np.asarray(vertices, np.float32)), corpus.templates[row.subject])
         items.append({"utterance": row.utterance, "speaker": row.subject, "text": row.text,
                       "video": (frames.clamp(0, 1) * 255).round().to(torch.uint8),
