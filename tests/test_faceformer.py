@@ -113,3 +113,29 @@ def test_unseen_subjects_must_borrow_a_training_style(model):
     audio, samples, n, templates, _, _ = batch([10])
     with pytest.raises(ValueError, match="training styles 0..2"):
         model.predict(audio, samples, n, templates, torch.tensor([-1]))
+
+
+def test_pretrained_encoder_loads_from_a_ctc_folder_and_the_animator_rebuilds_without_it(tmp_path):
+    """A Wav2Vec2ForCTC folder (wav2vec2-base-960h's format, and pretrain_audio's) gives FaceFormer its encoder
+    weights with the CNN fixed; the saved animator records the shape and reloads after the folder is gone."""
+    import shutil
+
+    from avguide.training.audio import speech_model
+
+    torch.manual_seed(1)
+    ctc = speech_model({"hidden_size": 32, "intermediate_size": 64})
+    ctc.save_pretrained(tmp_path / "w2v", safe_serialization=True)
+    m = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=1, pretrained_audio=str(tmp_path / "w2v"))).eval()
+    w2v = m.audio_encoder.wav2vec2
+    assert torch.equal(w2v.encoder.layers[0].attention.q_proj.weight, ctc.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    assert m.cfg.audio["hidden_size"] == 32
+    assert not any(p.requires_grad for p in w2v.feature_extractor.parameters())
+    assert all(p.requires_grad for p in w2v.encoder.parameters())
+    torch.nn.init.normal_(m.motion_out.weight, std=0.05)  # so the prediction depends on the audio
+    save_checkpoint(m, tmp_path / "ff")
+    shutil.rmtree(tmp_path / "w2v")
+    again = load_checkpoint(FaceFormer, FaceFormerConfig, tmp_path / "ff").eval()
+    assert not any(p.requires_grad for p in again.audio_encoder.wav2vec2.feature_extractor.parameters())
+    audio, samples, n, templates, _, _ = batch([12])
+    ids = torch.zeros(1, dtype=torch.long)
+    assert torch.equal(m.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids))

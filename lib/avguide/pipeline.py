@@ -7,8 +7,9 @@ from avguide.params import project_root
 
 def require(params: dict, need: str, progress: bool = False) -> None:
     """Make sure `need` exists, building it (and what it needs) otherwise:
-    corpus | corpus_2d | expert | expert_3d | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
+    corpus | corpus_2d | audio | expert | expert_3d | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
     from avguide.data.prepare import prepare, prepare_2d
+    from avguide.training.audio import pretrain_audio
     from avguide.training.expert import pretrain_expert
     from avguide.training.guide import finetune_expert, guide_animator, run_name
     from avguide.training.run import train_animator
@@ -21,6 +22,10 @@ def require(params: dict, need: str, progress: bool = False) -> None:
     elif kind == "corpus_2d":
         if not (root / params["prepare_2d"]["out"] / "manifest.csv").exists():
             prepare_2d(params, progress)
+    elif kind == "audio":
+        if not (root / params["pretrain_audio"]["out"] / "model" / "config.json").exists():
+            require(params, "corpus_2d", progress)
+            pretrain_audio(params, progress)
     elif kind == "expert":
         if not (root / params["pretrain_expert"]["out"] / "judge" / "config.json").exists():
             require(params, "corpus", progress)
@@ -33,6 +38,8 @@ def require(params: dict, need: str, progress: bool = False) -> None:
     elif kind == "baseline":
         if not (models / args[0] / "model" / "config.json").exists():
             require(params, "corpus", progress)
+            if params["train"][args[0]].get("pretrained_audio") == f"{params['pretrain_audio']['out']}/model":
+                require(params, "audio", progress)
             train_animator(params, args[0], progress)
     elif kind == "guided":
         animator, loss, seed = args[0], args[1], int(args[2])

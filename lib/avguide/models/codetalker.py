@@ -15,14 +15,14 @@ default (a local wav2vec2-base-960h with `pretrained_audio`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avguide.losses import vertex_mse
-from avguide.models.faceformer import (SMALL_WAV2VEC2, Attention, AudioEncoder, DecoderLayer, alibi_slopes, alignment_bias,
+from avguide.models.faceformer import (Attention, AudioEncoder, DecoderLayer, alibi_slopes, alignment_bias,
                                        biased_causal_mask, check_styles, periodic_positional_encoding)
 
 
@@ -45,7 +45,7 @@ class CodeTalkerConfig:
     max_frames: int = 3000
     teacher_forcing: bool = True  # stage 2 on the shifted ground truth as the public code; False: own rollout
     motion_scale: float = 100.0  # offsets are learnt in centimetres; vertices stay in metres
-    audio: dict = field(default_factory=lambda: dict(SMALL_WAV2VEC2))
+    audio: dict | None = None  # as FaceFormerConfig
     pretrained_audio: str | None = None
 
 
@@ -96,7 +96,6 @@ class CodeTalker(nn.Module):
         super().__init__()
         if cfg.vq_dim % cfg.codes_per_frame:
             raise ValueError(f"vq_dim={cfg.vq_dim} must be a multiple of codes_per_frame={cfg.codes_per_frame}")
-        self.cfg = cfg
         self.stage = 2  # which loss `loss` computes; a trained model predicts with both stages
         v3, h, d = 3 * cfg.n_vertices, cfg.vq_dim, cfg.feature_dim
         # stage 1: the VQ-VAE
@@ -107,6 +106,7 @@ class CodeTalker(nn.Module):
         self.vq_out = nn.Linear(h, v3)
         # stage 2: the audio-conditioned code predictor
         self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
+        self.cfg = cfg = replace(cfg, audio=self.audio_encoder.shape)
         self.motion_map = nn.Linear(v3, d)
         self.style = nn.Embedding(cfg.n_subjects, d)
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))

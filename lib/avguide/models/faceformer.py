@@ -13,7 +13,7 @@ recomputing the whole prefix every frame.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from avguide.losses import vertex_mse
 SMALL_WAV2VEC2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                       conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
+HF_META = ("architectures", "transformers_version", "model_type", "_name_or_path", "torch_dtype", "dtype")
 
 
 @dataclass
@@ -41,8 +42,8 @@ class FaceFormerConfig:
     max_frames: int = 3000  # longest sequence one decoder pass handles (the CLI animates longer audio in chunks)
     teacher_forcing: bool = False  # train on the shifted ground truth (fast) instead of the model's own rollout
     motion_scale: float = 100.0  # offsets are learnt in centimetres for better conditioning; vertices stay in metres
-    audio: dict = field(default_factory=lambda: dict(SMALL_WAV2VEC2))  # a random wav2vec 2.0 of this shape ...
-    pretrained_audio: str | None = None  # ... or a local folder holding wav2vec2-base-960h
+    audio: dict | None = None  # the wav2vec 2.0 shape: None is SMALL_WAV2VEC2, or pretrained_audio's (filled in)
+    pretrained_audio: str | None = None  # a local wav2vec 2.0 folder (wav2vec2-base-960h, or pretrain_audio's)
 
 
 def load_wav2vec2(folder: str | Path) -> Wav2Vec2Model:
@@ -151,13 +152,21 @@ class DecoderLayer(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """wav2vec 2.0 (a small random one, or wav2vec2-base-960h from a local folder) -> (B, T, dim) features
-    linearly resampled to each item's number of motion frames, as FaceFormer does."""
+    """wav2vec 2.0 (a small random one, or a pretrained one from a local folder) -> (B, T, dim) features
+    linearly resampled to each item's number of motion frames, as FaceFormer does.
 
-    def __init__(self, shape: dict, pretrained: str | None, dim: int, max_frames: int):
+    `pretrained` is read only when `shape` is None, i.e. when a model is first built; its shape is then
+    `self.shape`, which the animator writes into its config, so a saved animator rebuilds without the folder."""
+
+    def __init__(self, shape: dict | None, pretrained: str | None, dim: int, max_frames: int):
         super().__init__()
         self.max_frames = max_frames
-        self.wav2vec2 = load_wav2vec2(pretrained) if pretrained else Wav2Vec2Model(Wav2Vec2Config(**shape))
+        if pretrained and shape is None:
+            self.wav2vec2 = load_wav2vec2(pretrained)
+            self.shape = {k: v for k, v in self.wav2vec2.config.to_diff_dict().items() if k not in HF_META}
+        else:
+            self.shape = dict(shape or SMALL_WAV2VEC2)
+            self.wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(**self.shape))
         self.pretrained = bool(pretrained)
         self.wav2vec2.config.layerdrop = 0.0  # a layer skipped at random has no gradient on that rank: DDP fails
         self.map = nn.Linear(self.wav2vec2.config.hidden_size, dim)
@@ -198,9 +207,9 @@ def check_styles(subject_ids: torch.Tensor, n_subjects: int) -> torch.Tensor:
 class FaceFormer(nn.Module):
     def __init__(self, cfg: FaceFormerConfig):
         super().__init__()
-        self.cfg = cfg
         d = cfg.feature_dim
         self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
+        self.cfg = replace(cfg, audio=self.audio_encoder.shape)
         self.motion_map = nn.Linear(3 * cfg.n_vertices, d)
         self.style = nn.Embedding(cfg.n_subjects, d)
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))

@@ -29,6 +29,8 @@ def build_animator(name: str, settings: dict, corpus: Corpus):
     model_cls, cfg_cls = ANIMATORS[name]
     fps = float(corpus.manifest["fps"].iloc[0])
     settings = {k: v for k, v in settings.items() if k != "epochs"}
+    if settings.get("pretrained_audio"):  # a relative folder is under the project root, as every params path
+        settings["pretrained_audio"] = str(project_root() / settings["pretrained_audio"])
     cfg = cfg_cls(n_vertices=corpus.n_vertices, n_subjects=len(corpus.subjects["train"]), fps=fps, **settings)
     return model_cls(cfg)
 
