@@ -14,7 +14,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `make reproduce PARAMS=params.vocaset.yaml` (or params.biwi.yaml): the paper's settings on a GPU. The file is
+# checked first (same keys as every profile, the dataset folders it names exist), then copied over params.yaml,
+# the one file DVC reads (`git checkout params.yaml` brings the default profile back).
+PARAMS ?= params.yaml
+
 reproduce: setup
+ifneq ($(PARAMS),params.yaml)
+	$(BIN)/python -m avguide.params check $(PARAMS)
+	cp $(PARAMS) params.yaml
+	@echo "params.yaml is now $(PARAMS); git checkout params.yaml restores the default profile"
+endif
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # FaceFormer's loss ablation (mse, mse+rlv, mse+av, avguide) over three seeds, on top of `make reproduce`'s

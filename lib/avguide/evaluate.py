@@ -5,7 +5,9 @@ Geometry: LVE, MVE, FDD (avguide.metrics). Readability: the visual-only judge (t
 never a loss) reads mouth renders of each prediction; CER, WER and VER (viseme error rate) of its transcripts.
 Runs with several seeds are reported as their mean with a standard deviation.
 
-Writes `eval.out`/: metrics.json ({model: {LVE, MVE, FDD, CER, WER, VER, ...}}), per_utterance.csv.
+Writes `eval.out`/: metrics.json ({model: {LVE, MVE, FDD, CER, WER, VER, ...}}), per_utterance.csv (one row per
+model, seed and utterance: subject, frames, LVE, MVE, FDD, CER, the reference and the judge's transcript; pooled
+over frames with `n_frames` as weights, LVE and MVE give metrics.json's values back).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset
-from avguide.metrics import cer, lve, ver, wer
+from avguide.metrics import cer, fdd, lve, mve, ver, wer
 from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, ExpertConfig
 from avguide.params import project_root
@@ -69,7 +71,7 @@ def evaluate(params: dict, progress: bool = True) -> dict:
         runs[key] = [(seed, predict_split(load_checkpoint(*ANIMATORS[animator], folder), test)[0]) for seed, folder in folders]
 
     rows, results = [], {}
-    utterances = test.rows["utterance"].tolist()
+    utterances, subjects = test.rows["utterance"].tolist(), test.rows["subject"].tolist()
     for key, seeds in runs.items():
         per_seed = []
         for seed, pred in seeds:
@@ -77,8 +79,10 @@ def evaluate(params: dict, progress: bool = True) -> dict:
             refs, hyps = read_renders(judge, corpus, view, pred, params["pretrain_expert"], progress)
             per_seed.append({**{k: geo[k] for k in ("LVE", "MVE", "FDD")}, "CER": cer(refs, hyps), "WER": wer(refs, hyps),
                              "VER": ver(refs, hyps)})
-            for u, p, t, r, h in zip(utterances, pred, true, refs, hyps):
-                rows.append({"model": key, "seed": seed, "utterance": u, "LVE": lve([p], [t], corpus.topology.lip_ids),
+            for u, s, p, t, tm, r, h in zip(utterances, subjects, pred, true, templates, refs, hyps):
+                rows.append({"model": key, "seed": seed, "utterance": u, "subject": s, "n_frames": min(len(p), len(t)),
+                             "LVE": lve([p], [t], corpus.topology.lip_ids), "MVE": mve([p], [t]),
+                             "FDD": fdd([p], [t], [tm], corpus.topology.upper_face_ids),
                              "CER": cer([r], [h]), "reference": r, "judge": h})
         table = pd.DataFrame(per_seed)
         results[key] = {m: float(table[m].mean()) for m in METRICS}
