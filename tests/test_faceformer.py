@@ -125,7 +125,9 @@ def test_pretrained_encoder_loads_from_a_ctc_folder_and_the_animator_rebuilds_wi
     torch.manual_seed(1)
     ctc = speech_model({"hidden_size": 32, "intermediate_size": 64})
     ctc.save_pretrained(tmp_path / "w2v", safe_serialization=True)
-    m = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=1, pretrained_audio=str(tmp_path / "w2v"))).eval()
+    m = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=1, pretrained_audio=str(tmp_path / "w2v")))
+    assert all(module.training for module in m.modules())  # as any new module: training mode until .eval()
+    m.eval()
     w2v = m.audio_encoder.wav2vec2
     assert torch.equal(w2v.encoder.layers[0].attention.q_proj.weight, ctc.wav2vec2.encoder.layers[0].attention.q_proj.weight)
     assert m.cfg.audio["hidden_size"] == 32

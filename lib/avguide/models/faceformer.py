@@ -162,7 +162,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.max_frames = max_frames
         if pretrained and shape is None:
-            self.wav2vec2 = load_wav2vec2(pretrained)
+            self.wav2vec2 = load_wav2vec2(pretrained).train()  # from_pretrained returns eval mode; the owner decides
             self.shape = {k: v for k, v in self.wav2vec2.config.to_diff_dict().items() if k not in HF_META}
         else:
             self.shape = dict(shape or SMALL_WAV2VEC2)
