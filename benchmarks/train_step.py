@@ -95,11 +95,15 @@ def same_sizes(folder, settings: dict) -> bool:
 
 def pick_animator(name: str, params: dict, root, corpus: Corpus, random_output: bool):
     """The trained baseline if saved with params.yaml's sizes, else a fresh animator predicting near the template."""
-    settings = {k: v for k, v in params["train"][name].items() if k != "epochs"}
+    # (where the audio encoder's weights started from is no size: a saved baseline loads without that folder)
+    settings = {k: v for k, v in params["train"][name].items() if k not in ("epochs", "pretrained_audio")}
     folder = root / params["train"]["out"] / name / "model"
     if same_sizes(folder, {**settings, "n_vertices": corpus.n_vertices}):
         return load_checkpoint(*ANIMATORS[name], folder), str(folder.relative_to(root))
-    model = build_animator(name, params["train"][name], corpus)
+    cfg = params["train"][name]
+    if cfg.get("pretrained_audio") and not (root / cfg["pretrained_audio"]).is_dir():
+        cfg = {**cfg, "pretrained_audio": None}  # not trained yet: a random encoder costs the same
+    model = build_animator(name, cfg, corpus)
     if hasattr(model, "vq_out") and not random_output:
         with torch.no_grad():
             model.vq_out.weight.mul_(0.01)

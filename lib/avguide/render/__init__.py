@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from avguide.render.camera import OrthoCamera, face_camera, mouth_camera
-from avguide.render.rasterizer import Fragments, RasterSettings, rasterize
+from avguide.render.rasterizer import NEGLIGIBLE, Fragments, RasterSettings, rasterize
 from avguide.render.shader import ShaderSettings, shade, vertex_normals
 
 __all__ = [
@@ -41,7 +41,9 @@ class MeshRenderer(nn.Module):
             raise ValueError(f"albedo must be (V,) = ({vertices.shape[-2]},); got {tuple(albedo.shape)}")
         faces = faces.to(device=vertices.device, dtype=torch.long)
         albedo = albedo.to(device=vertices.device)
-        frags = rasterize(self.camera.transform(vertices), faces, self.raster_settings)
+        # slots hidden so far behind an opaque one that the depth blending gives them no weight are left out
+        cutoff = NEGLIGIBLE * self.shader_settings.gamma
+        frags = rasterize(self.camera.transform(vertices), faces, self.raster_settings, depth_cutoff=cutoff)
         return shade(frags, vertices, faces, albedo, self.shader_settings, self.raster_settings.blur_sigma)
 
 

@@ -3,10 +3,13 @@
 Screen space: x right, y down in pixels (pixel (i, j) has its centre at (j + .5, i + .5)), z is depth with
 larger z closer. Front faces are clockwise on screen (counter-clockwise seen from +z in the world).
 
-Two passes. Selection (no gradient): every face lists the pixels of its bounding box grown by the blur
-radius as (pixel, face) candidates; the K front-most candidates per pixel that cover it or lie within the
-blur radius of a silhouette edge are kept. Then barycentrics, depth and signed distances are recomputed
-for the kept pairs from the vertex tensor, with gradient.
+Every face is first reduced to a column of plane coefficients (its vertices, and the slopes of two
+barycentric coordinates across the screen), so a (pixel, face) pair costs a few multiply-adds. Two passes.
+Selection (no gradient): every visible face lists the pixels of its bounding box (grown by the blur radius
+when it has a silhouette edge) as candidates; the K front-most candidates per pixel that cover it or lie
+within the blur radius of a silhouette edge are kept, optionally without those hidden so far behind an
+opaque slot that the shader's depth blending gives them no weight (`depth_cutoff`). Then barycentrics,
+depth and signed distances of the kept slots are computed from the coefficients, with gradient.
 
 Soft coverage only happens at silhouette edges: mesh boundary edges and edges whose neighbour is culled or
 faces the other way. Edges shared by two visible faces are hard, so a tessellated surface stays opaque.
@@ -20,6 +23,9 @@ import torch
 
 BIG = 1e4  # distance (pixels) standing for "no silhouette edge"
 EPS = 1e-5  # barycentric tolerance of the inside test, so rounding opens no cracks along shared edges
+NEGLIGIBLE = 30.0  # exp(-30) ~ 1e-13: a blending weight this much below another changes no pixel
+GROUP = 8  # frames selected at a time, so the candidates' arrays stay in the CPU's caches
+TILE = 3  # candidate pixels are tested TILE x TILE at a time (one tile covers most faces' pixel boxes)
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class RasterSettings:
 class Fragments:
     """The K front-most faces of every pixel, as a flat list of the filled slots (empty slots cost nothing).
 
-    Slots of one pixel are consecutive, front to back (`rank` 0 is the front-most).
+    `rank` orders the slots of a pixel front to back (0 is the front-most); the list itself is in no order.
     """
 
     pixel: torch.Tensor  # (N,) flat index into B * H * W
@@ -69,68 +75,61 @@ class Fragments:
         return out.view(b, h, w, self.faces_per_pixel)
 
 
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+# Rows of the per-face table: vertex 0, the screen slopes of barycentrics w0 and w1 (d/dx, d/dy), the three
+# depths, then vertices 1 and 2 (only faces with a silhouette edge need those, for edge distances).
+X0, Y0, A0, B0, A1, B1, Z0, Z1, Z2, X1, Y1, X2, Y2 = range(13)
 
 
-def _seg_dist(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ab, ap = b - a, p - a
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
-    d = ap - t[..., None] * ab
-    return ((d * d).sum(-1) + 1e-12).sqrt()
+def _face_table(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V, 3) screen vertices, (F, 3) faces -> the (13, B * F) table above and the (B * F,) doubled
+    signed areas (< 0 for front faces). Differentiable."""
+    xs, ys, zs = verts.permute(2, 0, 1).contiguous()  # (B, V) each
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (c.index_select(1, faces[:, k]).reshape(-1)
+                                          for k in range(3) for c in (xs, ys, zs))
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    safe = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
+    a0, b0, a1, b1 = (y1 - y2) / safe, (x2 - x1) / safe, (y2 - y0) / safe, (x0 - x2) / safe
+    return torch.stack([x0, y0, a0, b0, a1, b1, z0, z1, z2, x1, y1, x2, y2]), area
 
 
-def face_geometry(tri: torch.Tensor, p: torch.Tensor, soft: torch.Tensor, clip: bool = True):
-    """tri (N, 3, 3) screen triangles, p (N, 2) points, soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
+def _barycentrics(x0, y0, a0, b0, a1, b1, px, py) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table rows X0..B1 of faces, points (px, py) -> their w0, w1 (w2 = 1 - w0 - w1)."""
+    dx, dy = px - x0, py - y0
+    return 1 + a0 * dx + b0 * dy, a1 * dx + b1 * dy
 
-    Returns barycentrics (N, 3), depth (N,) and signed distance to the nearest soft edge (N,), > 0 inside.
+
+def _seg_dist(px, py, ax, ay, bx, by) -> torch.Tensor:
+    ex, ey, qx, qy = bx - ax, by - ay, px - ax, py - ay
+    t = ((qx * ex + qy * ey) / (ex * ex + ey * ey).clamp_min(1e-12)).clamp(0, 1)
+    dx, dy = qx - t * ex, qy - t * ey
+    return (dx * dx + dy * dy + 1e-12).sqrt()
+
+
+def _slot_geometry(table: torch.Tensor, bf: torch.Tensor, px: torch.Tensor, py: torch.Tensor, soft: torch.Tensor,
+                   clip: bool = True):
+    """Face columns `bf` (N,) of the table at points (px, py), soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
+
+    Returns barycentrics (N, 3) (a view of a (3, N) tensor), depth (N,) and signed distance to the nearest
+    soft edge (N,), > 0 inside (BIG when the face has no soft edge).
     """
-    x, y, z = tri.unbind(-1)  # (N, 3) each
-    dx, dy = x - p[:, 0:1], y - p[:, 1:2]
-    cross = dx * dy.roll(-1, 1) - dy * dx.roll(-1, 1)  # cross(v_i - p, v_i+1 - p): edges 01, 12, 20
-    area = cross.sum(-1, keepdim=True)  # twice the signed area, whatever p
-    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-    bary = cross.roll(-1, 1) / area
-    inside = (bary >= -EPS).all(-1)
-    wc = bary.clamp_min(0)
-    wc = wc / wc.sum(-1, keepdim=True).clamp_min(1e-12)
-    if clip:
-        bary = wc
-    depth = (wc * z).sum(-1)
-    # Distance to the nearest silhouette edge, computed only for the edges that are one (most are not).
-    if soft.shape != bary.shape:
-        raise ValueError(f"soft edge flags must be (N, 3) like the triangles; got {tuple(soft.shape)}")
+    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table[:Z2 + 1].index_select(1, bf)
+    w0, w1 = _barycentrics(x0, y0, a0, b0, a1, b1, px, py)
+    raw = torch.stack([w0, w1, 1 - w0 - w1])
+    wc = raw.clamp_min(0)
+    wc = wc / wc.sum(0).clamp_min(1e-12)
+    depth = (wc * torch.stack([z0, z1, z2])).sum(0)
     d = torch.full_like(depth, BIG)
-    for k in range(3):
-        rows = soft[:, k].nonzero().squeeze(1)
-        if len(rows):
-            dk = _seg_dist(p.index_select(0, rows), tri[rows, k, :2], tri[rows, (k + 1) % 3, :2])
-            d = d.index_put((rows,), torch.minimum(d.index_select(0, rows), dk))
-    return bary, depth, torch.where(inside, d, -d)
-
-
-def _planes(tri: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) screen triangles -> (N, 9): x0, y0 and the slopes of w0, w1 and depth, plus z0.
-
-    Relative to vertex 0 (where w0 = 1, w1 = 0, depth = z0), so no large constants cancel in float32.
-    """
-    x, y, z = tri.unbind(-1)  # (N, 3) each
-    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
-    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-    a0, b0 = (y[:, 1] - y[:, 2]) / area, (x[:, 2] - x[:, 1]) / area
-    a1, b1 = (y[:, 2] - y[:, 0]) / area, (x[:, 0] - x[:, 2]) / area
-    az = (z[:, 0] - z[:, 2]) * a0 + (z[:, 1] - z[:, 2]) * a1
-    bz = (z[:, 0] - z[:, 2]) * b0 + (z[:, 1] - z[:, 2]) * b1
-    return torch.stack([x[:, 0], y[:, 0], a0, b0, a1, b1, az, bz, z[:, 0]], 1)
-
-
-def _altitudes(tri: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) screen triangles -> (N, 3) distance from each vertex to the line of the opposite edge (pixels)."""
-    xy = tri[..., :2]
-    edge = xy.roll(-1, -2) - xy  # edges 01, 12, 20
-    twice_area = (edge[:, 0, 0] * -edge[:, 2, 1] - edge[:, 0, 1] * -edge[:, 2, 0]).abs()
-    length = edge.norm(dim=-1).clamp_min(1e-12)  # |01|, |12|, |20|: opposite vertices 2, 0, 1
-    return twice_area[:, None] / length[:, [1, 2, 0]]
+    s = soft.any(1).nonzero().squeeze(1)  # distances only for the faces with a silhouette edge (few)
+    if len(s):
+        x0, y0 = x0.index_select(0, s), y0.index_select(0, s)
+        x1, y1, x2, y2 = table[X1:].index_select(1, bf.index_select(0, s))
+        p = px.index_select(0, s), py.index_select(0, s)
+        edges = (_seg_dist(*p, x0, y0, x1, y1), _seg_dist(*p, x1, y1, x2, y2), _seg_dist(*p, x2, y2, x0, y0))
+        soft_s = soft.index_select(0, s)
+        ds = torch.stack([torch.where(soft_s[:, k], e, torch.full_like(e, BIG)) for k, e in enumerate(edges)]).amin(0)
+        d = d.index_put((s,), ds)
+    inside = (raw >= -EPS).all(0)
+    return (wc if clip else raw).T, depth, torch.where(inside, d, -d)
 
 
 def _edge_neighbours(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
@@ -175,142 +174,167 @@ def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -
 
 
 @torch.no_grad()
-def _select(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
-    """K front-most (pixel, face) pairs per pixel: pixel, face, rank (each (N,)), soft edge flags (B, F, 3) and
-    the slots' barycentrics, depth and signed distance (what rasterize recomputes when gradients are needed)."""
-    B, V, _ = verts.shape
-    F = faces.shape[0]
+def _select(table: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: int, settings: RasterSettings,
+            depth_cutoff: float | None):
+    """The K front-most (pixel, face) pairs per pixel, as pixel (flat into B * H * W), face column of the table
+    and rank (0 the front-most), each (N,). visible (B * F,) and soft (B * F, 3) flag faces and their
+    silhouette edges."""
     H, W = settings.hw
-    K = settings.faces_per_pixel
-    dev = verts.device
-    r = settings.blur_radius
+    K, r, dev, dt = settings.faces_per_pixel, settings.blur_radius, table.device, table.dtype
+    F = table.shape[1] // B
+    x = torch.stack([table[X0], table[X1], table[X2]])
+    y = torch.stack([table[Y0], table[Y1], table[Y2]])
+    soft_any = soft.any(1)
+    reach = r * soft_any.to(dt)  # only faces with a silhouette edge reach beyond themselves
+    j0 = (x.amin(0) - reach - 0.5).ceil().clamp(0, W).long()
+    j1 = (x.amax(0) + reach - 0.5).floor().clamp(-1, W - 1).long()
+    i0 = (y.amin(0) - reach - 0.5).ceil().clamp(0, H).long()
+    i1 = (y.amax(0) + reach - 0.5).floor().clamp(-1, H - 1).long()
+    # Each visible face's pixel box, cut into tiles of TILE x TILE pixels (one tile for most faces).
+    tx = (j1 - j0 + TILE).clamp_min(0) // TILE
+    n = tx * ((i1 - i0 + TILE).clamp_min(0) // TILE) * visible
+    active = n.nonzero().squeeze(1)
+    n, tx = n.index_select(0, active), tx.index_select(0, active)
+    f = torch.repeat_interleave(n)
+    q = torch.arange(len(f), device=dev) - (torch.cumsum(n, 0) - n).index_select(0, f)
+    txf = tx.index_select(0, f)
+    qy = torch.div(q, txf, rounding_mode="floor")
+    bf = active.index_select(0, f)  # the face of each tile
+    tj = j0.index_select(0, bf) + TILE * (q - qy * txf)  # the tile's first pixel
+    ti = i0.index_select(0, bf) + TILE * qy
+    width, height = j1.index_select(0, bf) - tj + 1, i1.index_select(0, bf) - ti + 1
 
-    tri = verts[:, faces]  # B, F, 3, 3
-    area = _cross(tri[:, :, 1, :2] - tri[:, :, 0, :2], tri[:, :, 2, :2] - tri[:, :, 0, :2])
-    visible = area < 0 if settings.cull_backfaces else area != 0
-    nbr = _edge_neighbours(faces, V)  # F, 3
-    nbr_vis = visible[:, nbr.clamp_min(0)] & (nbr >= 0)
-    nbr_flip = (area[:, nbr.clamp_min(0)] < 0) != (area < 0)[..., None]
-    soft = ~nbr_vis | nbr_flip  # B, F, 3
-
-    # Only faces with a silhouette edge reach beyond themselves (by the blur radius).
-    reach = (r * soft.any(-1)).to(tri.dtype)[..., None]
-    lo = tri[..., :2].amin(2) - reach
-    hi = tri[..., :2].amax(2) + reach
-    j0 = (lo[..., 0] - 0.5).ceil().clamp(0, W).long()
-    j1 = (hi[..., 0] - 0.5).floor().clamp(-1, W - 1).long()
-    i0 = (lo[..., 1] - 0.5).ceil().clamp(0, H).long()
-    i1 = (hi[..., 1] - 0.5).floor().clamp(-1, H - 1).long()
-    nx = (j1 - j0 + 1).clamp_min(0)
-    ny = (i1 - i0 + 1).clamp_min(0)
-    n = (nx * ny * visible).flatten()  # candidates per (b, f)
-    active = n.nonzero().squeeze(1)  # faces with at least one candidate pixel
-    n = n[active]
-    # Candidates row by row: each face's bounding-box rows, and in each row the pixels between the
-    # triangle's left and right edges (scanline), or the whole box row for faces with a silhouette edge.
-    dt = verts.dtype
-    tri_a = tri.view(B * F, 3, 3)[active]
-    soft_a = soft.view(B * F, 3).any(-1)[active]
-    coef = _planes(tri_a)
-    ny_a = ny.flatten()[active]
-    r_face = torch.repeat_interleave(torch.arange(len(active), device=dev), ny_a)
-    y = (i0.flatten()[active].index_select(0, r_face)
-         + torch.arange(len(r_face), device=dev) - (torch.cumsum(ny_a, 0) - ny_a).index_select(0, r_face)).to(dt) + 0.5
-    t = tri_a.index_select(0, r_face)  # rows, 3, 3
-    xa, ya = t[:, :, 0], t[:, :, 1]
-    xb, yb = xa.roll(-1, 1), ya.roll(-1, 1)  # edges 01, 12, 20
-    crosses = (torch.minimum(ya, yb) <= y[:, None]) & (torch.maximum(ya, yb) >= y[:, None]) & (ya != yb)
-    x = xa + (y[:, None] - ya) / torch.where(ya != yb, yb - ya, torch.ones_like(ya)) * (xb - xa)
-    x_lo = torch.where(crosses, x, torch.full_like(x, torch.inf)).amin(1)
-    x_hi = torch.where(crosses, x, torch.full_like(x, -torch.inf)).amax(1)
-    j_lo = torch.where(soft_a.index_select(0, r_face), j0.flatten()[active].index_select(0, r_face).to(dt),
-                       (x_lo - 0.5 - 1e-3).ceil().clamp(0, W))
-    j_hi = torch.where(soft_a.index_select(0, r_face), j1.flatten()[active].index_select(0, r_face).to(dt),
-                       (x_hi - 0.5 + 1e-3).floor().clamp(-1, W - 1))
-    count = (j_hi - j_lo + 1).clamp_min(0).nan_to_num(0).long()
-    c_row = torch.repeat_interleave(torch.arange(len(r_face), device=dev), count)
-    off = (torch.arange(len(c_row), device=dev) - (torch.cumsum(count, 0) - count).index_select(0, c_row)).to(dt)
-    a_idx = r_face.index_select(0, c_row)
-    px = j_lo.index_select(0, c_row) + off + 0.5
-    py = y.index_select(0, c_row)
-    c = coef.index_select(0, a_idx)
-    dx, dy = px - c[:, 0], py - c[:, 1]
-    w0 = 1 + c[:, 2] * dx + c[:, 3] * dy
-    w1 = c[:, 4] * dx + c[:, 5] * dy
-    z = c[:, 8] + c[:, 6] * dx + c[:, 7] * dy
-    keep = (w0 >= -EPS) & (w1 >= -EPS) & (w0 + w1 <= 1 + EPS)
-    sd = torch.full_like(z, BIG)
-    # Faces with a silhouette edge: exact distances, inside and within the blur radius outside.
-    soft_flat = soft.view(B * F, 3)
-    candidate_soft = soft_flat.any(-1).index_select(0, active).index_select(0, a_idx)
-    if r > 0:  # cheap bound first: a point farther than r outside any edge's line is farther than r from the face
-        alt = _altitudes(tri.view(B * F, 3, 3)[active]).index_select(0, a_idx)
-        close = (w0 * alt[:, 0] >= -r) & (w1 * alt[:, 1] >= -r) & ((1 - w0 - w1) * alt[:, 2] >= -r)
-        candidate_soft &= keep | close
+    # Every pixel of every tile at once, as (TILE², tiles) grids (barycentrics computed as _slot_geometry does,
+    # to the bit).
+    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table[:Z2 + 1].index_select(1, bf)[:, None, :]
+    ox = torch.arange(TILE * TILE, device=dev)[:, None] % TILE
+    oy = torch.div(torch.arange(TILE * TILE, device=dev)[:, None], TILE, rounding_mode="floor")
+    w0, w1 = _barycentrics(x0, y0, a0, b0, a1, b1, tj.to(dt) + (ox.to(dt) + 0.5), ti.to(dt) + (oy.to(dt) + 0.5))
+    z = z2 + (z0 - z2) * w0 + (z1 - z2) * w1  # the plane's depth
+    inside = (w0 >= -EPS) & (w1 >= -EPS) & (w0 + w1 <= 1 + EPS) & (ox < width) & (oy < height)
+    soft_t = soft_any.index_select(0, bf)
+    candidate = inside & ~soft_t
+    # Faces with a silhouette edge: also the pixels outside within r of such an edge, hence within r of the
+    # face's three edge lines and of that edge's line (signed distances to the lines: w times the altitude).
+    st = soft_t.nonzero().squeeze(1)
+    if r > 0 and len(st):
+        bs = bf.index_select(0, st)
+        x0, y0, x1, y1, x2, y2 = table[[X0, Y0, X1, Y1, X2, Y2]].index_select(1, bs)
+        twice_area = ((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).abs()
+        ws0, ws1 = w0.index_select(1, st), w1.index_select(1, st)
+        close = (ox < width.index_select(0, st)) & (oy < height.index_select(0, st))
+        near = torch.zeros_like(close)
+        # lines 12, 20, 01, opposite vertices 0, 1, 2 (soft flags are for edges 01, 12, 20)
+        lines = ((x1, y1, x2, y2), (x2, y2, x0, y0), (x0, y0, x1, y1))
+        for w, (xa, ya, xb, yb), edge in zip((ws0, ws1, 1 - ws0 - ws1), lines, soft.index_select(0, bs)[:, [1, 2, 0]].T):
+            d = w * (twice_area / ((xb - xa) ** 2 + (yb - ya) ** 2).sqrt().clamp_min(1e-12))
+            close &= d >= -r
+            near |= (d <= r) & edge
+        candidate[:, st] = inside.index_select(1, st) | (close & near)
     else:
-        candidate_soft &= keep
-    exact = candidate_soft.nonzero().squeeze(1)
-    fb = active.index_select(0, a_idx.index_select(0, exact))
-    p_exact = torch.stack([px.index_select(0, exact), py.index_select(0, exact)], 1)
-    b_e, z_e, sd_e = face_geometry(tri.view(B * F, 3, 3).index_select(0, fb), p_exact, soft_flat.index_select(0, fb),
-                                   settings.clip_barycentrics)
-    keep = keep.index_put((exact,), sd_e >= -r)
-    z, sd = z.index_put((exact,), z_e), sd.index_put((exact,), sd_e)
-    exact_pos = torch.full_like(a_idx, -1).index_put((exact,), torch.arange(len(exact), device=dev))
+        candidate[:, st] = inside.index_select(1, st)
 
+    c = candidate.T.contiguous().view(-1).nonzero().squeeze(1)  # in face order
+    tile = torch.div(c, TILE * TILE, rounding_mode="floor")
+    cell = c - tile * (TILE * TILE)
+    pix = ((bf // F) * (H * W) + ti * W + tj).index_select(0, tile) + (oy * W + ox).view(-1).index_select(0, cell)
+    c = cell * len(bf) + tile  # position in the (TILE², tiles) grids
+    bf, hard = bf.index_select(0, tile), ~soft_t.index_select(0, tile)
+    z = z.view(-1).index_select(0, c)
+    keep = inside.view(-1).index_select(0, c)  # inside (any face), or near a silhouette edge outside (below)
+    floor = None
+    if depth_cutoff is not None and len(z):
+        # Hidden: more than depth_cutoff behind a slot of a face without silhouette edges (opaque) in its
+        # pixel. That is all that lies behind some depth, so the rest are still the front-most.
+        opaque = (keep & hard).nonzero().squeeze(1)
+        front = z.new_full((B * H * W,), -torch.inf)
+        front.scatter_reduce_(0, pix.index_select(0, opaque), z.index_select(0, opaque), "amax")
+        floor = front.index_select(0, pix) - depth_cutoff
+    # Outside a face near its silhouette edges: exact distances, and depths clamped to the face.
+    s = (~keep).nonzero().squeeze(1)
+    if floor is not None:  # (a depth within the face cannot exceed its vertices')
+        zf = table[Z0:Z2 + 1].index_select(1, bf.index_select(0, s)).amax(0)
+        s = s[zf >= floor.index_select(0, s)]
+    bs, ps = bf.index_select(0, s), pix.index_select(0, s) % (H * W)
+    _, z_s, sd_s = _slot_geometry(table, bs, (ps % W).to(dt) + 0.5, (ps // W).to(dt) + 0.5, soft.index_select(0, bs))
+    keep = keep.index_put((s,), sd_s >= -r)
+    z = z.index_put((s,), z_s)
+    if floor is not None:
+        keep &= z >= floor
     kept = keep.nonzero().squeeze(1)
-    bf = active.index_select(0, a_idx.index_select(0, kept))
-    z, sd = z.index_select(0, kept), sd.index_select(0, kept)
-    w0, w1, exact_pos = w0.index_select(0, kept), w1.index_select(0, kept), exact_pos.index_select(0, kept)
-    bary = torch.stack([w0, w1, 1 - w0 - w1], 1).clamp_min(0)
-    bary = bary / bary.sum(1, keepdim=True)
-    is_exact = (exact_pos >= 0).nonzero().squeeze(1)
-    bary = bary.index_put((is_exact,), b_e.index_select(0, exact_pos.index_select(0, is_exact)))
-    pix = (bf // F) * (H * W) + (py.index_select(0, kept) - 0.5).long() * W + (px.index_select(0, kept) - 0.5).long()
+    pix, bf, z = pix.index_select(0, kept), bf.index_select(0, kept), z.index_select(0, kept)
 
-    # One sort on (pixel, quantised depth): front to back within each pixel.
-    order = torch.arange(len(z), device=dev)
-    if len(z):
-        zq = ((z.max() - z) / (z.max() - z.min() + 1e-12) * (2**20 - 1)).long()
-        order = torch.argsort(pix * 2**20 + zq)
-        pix = pix.index_select(0, order)
-    _, counts = torch.unique_consecutive(pix, return_counts=True)
-    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    rank = torch.arange(len(pix), device=dev) - first
+    # Pixels with more than one slot: one sort on (pixel, depth) ranks them front to back (the bits of a
+    # float32 as an integer that keeps the order; equal depths in face order); the first K stay.
+    count = torch.zeros(B * H * W, dtype=torch.int32, device=dev)
+    count.index_add_(0, pix, torch.ones_like(pix, dtype=torch.int32))
+    shared = (count.index_select(0, pix) > 1).nonzero().squeeze(1)
+    zbits = (-z.index_select(0, shared)).to(torch.float32).view(torch.int32).long()
+    zbits = torch.where(zbits < 0, zbits ^ 0x7FFFFFFF, zbits) + 2**31
+    shared = shared.index_select(0, torch.argsort(pix.index_select(0, shared) * 2**32 + zbits, stable=True))
+    p = pix.index_select(0, shared)
+    pos = torch.arange(len(p), device=dev)
+    first = torch.ones_like(p, dtype=torch.bool)
+    first[1:] = p[1:] != p[:-1]
+    rank = torch.zeros_like(pix).index_put_((shared,), pos - torch.where(first, pos, 0).cummax(0).values)
     sel = (rank < K).nonzero().squeeze(1)
-    order = order.index_select(0, sel)
-    geometry = bary.index_select(0, order), z.index_select(0, order), sd.index_select(0, order)
-    return pix.index_select(0, sel), bf.index_select(0, order) % F, rank.index_select(0, sel), soft, geometry
+    return pix.index_select(0, sel), bf.index_select(0, sel), rank.index_select(0, sel)
 
 
-def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> Fragments:
-    """(B, V, 3) screen-space vertices, (F, 3) faces -> Fragments, differentiable w.r.t. verts_screen."""
+def _soft_edges(area: torch.Tensor, visible: torch.Tensor, faces: torch.Tensor, n_verts: int) -> torch.Tensor:
+    """(B, F) doubled signed areas and visibility -> (B * F, 3) silhouette-edge flags (v0v1, v1v2, v2v0): the
+    edge is on the mesh boundary, or its neighbour is culled or faces the other way."""
+    nbr = _edge_neighbours(faces, n_verts)  # F, 3
+    across = nbr.clamp_min(0).view(-1)
+    nbr_vis = visible.index_select(1, across).view(*area.shape, 3) & (nbr >= 0)
+    nbr_flip = (area < 0).index_select(1, across).view(*area.shape, 3) != (area < 0)[..., None]
+    return (~nbr_vis | nbr_flip).view(-1, 3)
+
+
+def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings,
+              depth_cutoff: float | None = None) -> Fragments:
+    """(B, V, 3) screen-space vertices, (F, 3) faces -> Fragments, differentiable w.r.t. verts_screen.
+
+    With `depth_cutoff`, slots lying more than that depth behind an opaque slot of their pixel are left out:
+    under the shader's soft depth blending at temperature gamma, a cutoff of NEGLIGIBLE * gamma leaves out only
+    slots whose weight and transparency are below exp(-30) of the front slot's, which change no pixel.
+    """
     _check(verts_screen, faces, settings)
     faces = faces.to(device=verts_screen.device, dtype=torch.long)
     B, V, _ = verts_screen.shape
     H, W = settings.hw
     # Faces that stay well outside the image in every frame take no part (their edges cannot soften it).
     near = _near_window(verts_screen.detach(), faces, settings)
-    faces, face_ids = faces[near], near
-    pixel, face, rank, soft, geometry = _select(verts_screen.detach(), faces, settings)
-    if not (torch.is_grad_enabled() and verts_screen.requires_grad):
-        return Fragments(pixel, face_ids[face], rank, *geometry, (B, H, W), settings.faces_per_pixel)
-    # Recompute the geometry of the kept slots, now with gradient.
-    b = pixel // (H * W)
+    faces = faces[near]
+    with torch.no_grad():
+        table, area = _face_table(verts_screen.detach(), faces)
+        visible = area < 0 if settings.cull_backfaces else area != 0
+        soft = _soft_edges(area.view(B, -1), visible.view(B, -1), faces, V)
+        # a few frames at a time: the candidates' arrays then stay in the CPU's caches
+        parts = []
+        for b in range(0, B, GROUP):
+            n = min(GROUP, B - b)
+            cols = slice(b * len(faces), (b + n) * len(faces))
+            pixel, bf, rank = _select(table[:, cols], visible[cols], soft[cols], n, settings, depth_cutoff)
+            parts.append((pixel + b * H * W, bf + b * len(faces), rank))
+        pixel, bf, rank = (torch.cat(p) for p in zip(*parts))
+    if torch.is_grad_enabled() and verts_screen.requires_grad:
+        table = _face_table(verts_screen, faces)[0]
     yx = pixel % (H * W)
-    p = torch.stack([yx % W, yx // W], -1).to(verts_screen.dtype) + 0.5
-    ids = (faces[face] + (b * V)[:, None]).view(-1)
-    tri = verts_screen.reshape(B * V, 3).index_select(0, ids).view(-1, 3, 3)  # index_select: its backward is index_add
-    bary, z, sd = face_geometry(tri, p, soft[b, face], settings.clip_barycentrics)
-    return Fragments(pixel, face_ids[face], rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
+    px, py = (yx % W).to(table.dtype) + 0.5, (yx // W).to(table.dtype) + 0.5
+    bary, z, sd = _slot_geometry(table, bf, px, py, soft.index_select(0, bf), settings.clip_barycentrics)
+    face = near.index_select(0, bf % len(faces))
+    return Fragments(pixel, face, rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
 
 
 def _near_window(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
     """Ids of the faces whose bounding box comes within the blur radius + 1 pixel of the image in some frame."""
     H, W = settings.hw
     m = settings.blur_radius + 1
-    xy = verts[..., :2]
-    lo = torch.stack([xy[:, faces[:, k]] for k in range(3)]).amin(0)  # B, F, 2
-    hi = torch.stack([xy[:, faces[:, k]] for k in range(3)]).amax(0)
-    inside = (hi[..., 0] >= -m) & (lo[..., 0] <= W + m) & (hi[..., 1] >= -m) & (lo[..., 1] <= H + m)
+    inside = torch.ones(verts.shape[0], len(faces), dtype=torch.bool, device=verts.device)
+    for c, size in zip(verts[..., :2].permute(2, 0, 1).contiguous(), (W, H)):
+        corners = [c.index_select(1, faces[:, k]) for k in range(3)]
+        lo = torch.minimum(torch.minimum(corners[0], corners[1]), corners[2])
+        hi = torch.maximum(torch.maximum(corners[0], corners[1]), corners[2])
+        inside &= (hi >= -m) & (lo <= size + m)
     return inside.any(0).nonzero().squeeze(1)

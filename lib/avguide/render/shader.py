@@ -18,14 +18,28 @@ class ShaderSettings:
     gamma: float = 1e-4  # depth softmax temperature (depth units, metres for the cameras here)
 
 
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(B, V, 3) world vertices -> (B, V, 3) unit normals (area-weighted face normals, differentiable)."""
-    tri = verts[:, faces]  # B, F, 3, 3
-    fn = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
-    vn = torch.zeros_like(verts)
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V, 3) world vertices -> (B, V, 3) unit normals (area-weighted face normals, differentiable). With
+    `only` (face ids, repeats allowed), just the normals of those faces' vertices are computed (from the faces
+    around them); the rest are 0."""
+    return _normals(verts, faces, only).permute(1, 2, 0)
+
+
+def _normals(verts: torch.Tensor, faces: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+    """vertex_normals as (3, B, V): one row per component (what the shader gathers from)."""
+    if only is not None:
+        used = torch.zeros(len(faces), dtype=torch.bool, device=verts.device).index_fill_(0, only, True)
+        wanted = torch.zeros(verts.shape[1], dtype=torch.bool, device=verts.device)
+        wanted[faces[used].view(-1)] = True
+        faces = faces[wanted[faces].any(1)]
+    xyz = verts.permute(2, 0, 1).contiguous()
+    v0, v1, v2 = (xyz.index_select(2, faces[:, k]) for k in range(3))  # (3, B, F) each
+    (ax, ay, az), (bx, by, bz) = v1 - v0, v2 - v0
+    fn = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx])
+    vn = verts.new_zeros(3, *verts.shape[:2])
     for k in range(3):
-        vn = vn.index_add(1, faces[:, k], fn)
-    return vn / vn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        vn = vn.index_add(2, faces[:, k], fn)
+    return vn / (vn * vn).sum(0).sqrt().clamp_min(1e-12)
 
 
 def shade(
@@ -40,14 +54,16 @@ def shade(
     B, V, _ = verts.shape
     _, H, W = frags.shape
     n_pix = B * H * W
-    pixel, w = frags.pixel, frags.bary
-    vid = faces[frags.face]  # N, 3
-    vn = vertex_normals(verts, faces).reshape(B * V, 3)
-    n = (w[:, :, None] * vn.index_select(0, (vid + (pixel // (H * W) * V)[:, None]).view(-1)).view(-1, 3, 3)).sum(1)
-    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    pixel = frags.pixel
+    w = frags.bary.T  # (3, N): per-slot quantities are kept one row per component
+    vid = faces.T.index_select(1, frags.face)  # (3, N)
+    vn = _normals(verts, faces, only=frags.face).reshape(3, B * V)
+    first = pixel // (H * W) * V
+    n = sum(w[k] * vn.index_select(1, vid[k] + first) for k in range(3))
     light = torch.tensor(settings.light_direction, dtype=verts.dtype, device=verts.device)
-    lambert = (n @ (light / light.norm())).clamp_min(0)
-    colour = (w * albedo.to(verts.dtype)[vid]).sum(-1) * (settings.ambient + settings.diffuse * lambert)
+    lambert = ((light[:, None] / light.norm() * n).sum(0) / (n * n).sum(0).sqrt().clamp_min(1e-12)).clamp_min(0)
+    colour = (w * albedo.to(verts.dtype).index_select(0, vid.reshape(-1)).view(3, -1)).sum(0)
+    colour = colour * (settings.ambient + settings.diffuse * lambert)
 
     if blur_sigma > 0:  # soft silhouette coverage; log(1 - alpha) computed stably
         alpha = torch.sigmoid(frags.dist / blur_sigma)
@@ -59,7 +75,7 @@ def shade(
     z = frags.zbuf
     zmax = torch.full((n_pix,), -torch.inf, dtype=z.dtype, device=z.device)
     zmax = zmax.scatter_reduce(0, pixel, z.detach(), reduce="amax")
-    wz = alpha * torch.exp((z - zmax[pixel]) / settings.gamma)
+    wz = alpha * torch.exp((z - zmax.index_select(0, pixel)) / settings.gamma)
     zeros = z.new_zeros(n_pix)
     fg = zeros.index_add(0, pixel, wz * colour) / zeros.index_add(0, pixel, wz).clamp_min(1e-10)
     cover = 1 - torch.exp(zeros.index_add(0, pixel, log_clear))
