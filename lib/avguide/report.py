@@ -156,17 +156,19 @@ def plot_metrics(bars: pd.DataFrame):
 
 def plot_subjects(subjects: pd.DataFrame, metrics=("LVE", "CER", "VER")):
     """Per-subject breakdown: one panel per metric, a bar per model and test subject."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.45 * subjects["model"].nunique() + 1.6),
-                             sharey=True)
-    for ax, m in zip(np.atleast_1d(axes), metrics):
+    axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.45 * subjects["model"].nunique() + 1.8),
+                        sharey=True, squeeze=False)[1][0]
+    for ax, m in zip(axes, metrics):
         label, k = UNITS[m]
         sns.barplot(data=subjects.assign(value=subjects[m] * k), x="value", y="model", hue="subject", ax=ax,
                     orient="h", palette="muted")
         ax.set_xlabel(label)
         ax.set_ylabel("")
-        if ax is not np.atleast_1d(axes)[-1]:
-            ax.get_legend().remove()
-    np.atleast_1d(axes)[-1].legend(title="test subject", loc="lower right", fontsize=8)
+        handles, names = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    fig = axes[0].figure
+    fig.legend(handles, names, title="test subject", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(names),
+               frameon=False)
     fig.tight_layout()
     return fig
 
