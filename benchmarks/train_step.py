@@ -25,8 +25,11 @@ The expert is the fine-tuned checkpoint (guide.expert_out/model, else pretrain_e
 exists with the sizes of params.yaml pretrain_expert.model; otherwise a fresh expert of those sizes (the
 weights do not change the cost).
 
+With `--frame-stride k` L_av renders every k-th frame only and holds it (AVGuidance.frame_stride; 1: exact).
+
 Usage: python benchmarks/train_step.py [--animator faceformer|codetalker] [--batch-size 8] [--items 2]
                                        [--repeats 5] [--threads 1] [--params params.yaml] [--random-output]
+                                       [--frame-stride 1]
 """
 import argparse
 import json
@@ -131,6 +134,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--random-output", action="store_true", help="keep a fresh CodeTalker's random output geometry")
+    ap.add_argument("--frame-stride", type=int, default=1, help="L_av renders every k-th frame (1: all)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,7 +161,8 @@ def main():
         model.set_stage(model.stages[-1])
     expert, expert_source = pick_expert(params, root, float(corpus.manifest["fps"].iloc[0]))
     augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-    guidance = AVGuidance(expert.to(device), MouthView(corpus.topology), augment, g["update_expert"], items).train()
+    guidance = AVGuidance(expert.to(device), MouthView(corpus.topology), augment, g["update_expert"], items,
+                          args.frame_stride).train()
     lip_ids = corpus.topology.lip_ids
     baseline_weights, av_weights = LossWeights(**g["weights"]["mse"]), LossWeights(**g["weights"]["avguide"])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -212,7 +217,8 @@ def main():
         "baseline_animator_s": r(base["animator"]), "baseline_backward_s": r(base["backward"]),
         "baseline_optimizer_s": r(base["optimizer"]),
         "batch_size": batch_size, "items": items, "frames": int(batch["n_frames"].max()),
-        "rendered_frames": int(batch["n_frames"][:items].sum()), "vertices": corpus.n_vertices,
+        "rendered_frames": int(((batch["n_frames"][:items] + args.frame_stride - 1) // args.frame_stride).sum()),
+        "frame_stride": args.frame_stride, "vertices": corpus.n_vertices,
         "animator_weights": animator_source, "expert": expert_source, "update_expert": bool(g["update_expert"]), "repeats": args.repeats,
         "threads": torch.get_num_threads(), "device": str(device),
     }))

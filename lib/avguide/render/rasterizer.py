@@ -76,20 +76,21 @@ class Fragments:
 
 
 # Rows of the per-face table: vertex 0, the screen slopes of barycentrics w0 and w1 (d/dx, d/dy), the three
-# depths, then vertices 1 and 2 (only faces with a silhouette edge need those, for edge distances).
-X0, Y0, A0, B0, A1, B1, Z0, Z1, Z2, X1, Y1, X2, Y2 = range(13)
+# depths; and of the second one, vertices 1 and 2 (only faces with a silhouette edge need those).
+X0, Y0, A0, B0, A1, B1, Z0, Z1, Z2 = range(9)
+X1, Y1, X2, Y2 = range(4)
 
 
-def _face_table(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V, 3) screen vertices, (F, 3) faces -> the (13, B * F) table above and the (B * F,) doubled
-    signed areas (< 0 for front faces). Differentiable."""
+def _face_table(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, V, 3) screen vertices, (F, 3) faces -> the (9, B * F) and (4, B * F) tables above and the (B * F,)
+    doubled signed areas (< 0 for front faces). Differentiable."""
     xs, ys, zs = verts.permute(2, 0, 1).contiguous()  # (B, V) each
     x0, y0, z0, x1, y1, z1, x2, y2, z2 = (c.index_select(1, faces[:, k]).reshape(-1)
                                           for k in range(3) for c in (xs, ys, zs))
     area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
     safe = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
     a0, b0, a1, b1 = (y1 - y2) / safe, (x2 - x1) / safe, (y2 - y0) / safe, (x0 - x2) / safe
-    return torch.stack([x0, y0, a0, b0, a1, b1, z0, z1, z2, x1, y1, x2, y2]), area
+    return torch.stack([x0, y0, a0, b0, a1, b1, z0, z1, z2]), torch.stack([x1, y1, x2, y2]), area
 
 
 def _barycentrics(x0, y0, a0, b0, a1, b1, px, py) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,14 +106,14 @@ def _seg_dist(px, py, ax, ay, bx, by) -> torch.Tensor:
     return (dx * dx + dy * dy + 1e-12).sqrt()
 
 
-def _slot_geometry(table: torch.Tensor, bf: torch.Tensor, px: torch.Tensor, py: torch.Tensor, soft: torch.Tensor,
-                   clip: bool = True):
-    """Face columns `bf` (N,) of the table at points (px, py), soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
+def _slot_geometry(table: torch.Tensor, far: torch.Tensor, bf: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
+                   soft: torch.Tensor, clip: bool = True):
+    """Face columns `bf` (N,) of the tables at points (px, py), soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
 
     Returns barycentrics (N, 3) (a view of a (3, N) tensor), depth (N,) and signed distance to the nearest
     soft edge (N,), > 0 inside (BIG when the face has no soft edge).
     """
-    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table[:Z2 + 1].index_select(1, bf)
+    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table.index_select(1, bf)
     w0, w1 = _barycentrics(x0, y0, a0, b0, a1, b1, px, py)
     raw = torch.stack([w0, w1, 1 - w0 - w1])
     wc = raw.clamp_min(0)
@@ -122,7 +123,7 @@ def _slot_geometry(table: torch.Tensor, bf: torch.Tensor, px: torch.Tensor, py: 
     s = soft.any(1).nonzero().squeeze(1)  # distances only for the faces with a silhouette edge (few)
     if len(s):
         x0, y0 = x0.index_select(0, s), y0.index_select(0, s)
-        x1, y1, x2, y2 = table[X1:].index_select(1, bf.index_select(0, s))
+        x1, y1, x2, y2 = far.index_select(1, bf.index_select(0, s))
         p = px.index_select(0, s), py.index_select(0, s)
         edges = (_seg_dist(*p, x0, y0, x1, y1), _seg_dist(*p, x1, y1, x2, y2), _seg_dist(*p, x2, y2, x0, y0))
         soft_s = soft.index_select(0, s)
@@ -174,16 +175,16 @@ def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -
 
 
 @torch.no_grad()
-def _select(table: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: int, settings: RasterSettings,
-            depth_cutoff: float | None):
+def _select(table: torch.Tensor, far: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: int,
+            settings: RasterSettings, depth_cutoff: float | None):
     """The K front-most (pixel, face) pairs per pixel, as pixel (flat into B * H * W), face column of the table
     and rank (0 the front-most), each (N,). visible (B * F,) and soft (B * F, 3) flag faces and their
     silhouette edges."""
     H, W = settings.hw
     K, r, dev, dt = settings.faces_per_pixel, settings.blur_radius, table.device, table.dtype
     F = table.shape[1] // B
-    x = torch.stack([table[X0], table[X1], table[X2]])
-    y = torch.stack([table[Y0], table[Y1], table[Y2]])
+    x = torch.stack([table[X0], far[X1], far[X2]])
+    y = torch.stack([table[Y0], far[Y1], far[Y2]])
     soft_any = soft.any(1)
     reach = r * soft_any.to(dt)  # only faces with a silhouette edge reach beyond themselves
     j0 = (x.amin(0) - reach - 0.5).ceil().clamp(0, W).long()
@@ -206,7 +207,7 @@ def _select(table: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: i
 
     # Every pixel of every tile at once, as (TILE², tiles) grids (barycentrics computed as _slot_geometry does,
     # to the bit).
-    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table[:Z2 + 1].index_select(1, bf)[:, None, :]
+    x0, y0, a0, b0, a1, b1, z0, z1, z2 = table.index_select(1, bf)[:, None, :]
     ox = torch.arange(TILE * TILE, device=dev)[:, None] % TILE
     oy = torch.div(torch.arange(TILE * TILE, device=dev)[:, None], TILE, rounding_mode="floor")
     w0, w1 = _barycentrics(x0, y0, a0, b0, a1, b1, tj.to(dt) + (ox.to(dt) + 0.5), ti.to(dt) + (oy.to(dt) + 0.5))
@@ -219,7 +220,7 @@ def _select(table: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: i
     st = soft_t.nonzero().squeeze(1)
     if r > 0 and len(st):
         bs = bf.index_select(0, st)
-        x0, y0, x1, y1, x2, y2 = table[[X0, Y0, X1, Y1, X2, Y2]].index_select(1, bs)
+        x0, y0, x1, y1, x2, y2 = torch.cat([table[:2], far]).index_select(1, bs)
         twice_area = ((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).abs()
         ws0, ws1 = w0.index_select(1, st), w1.index_select(1, st)
         close = (ox < width.index_select(0, st)) & (oy < height.index_select(0, st))
@@ -253,10 +254,11 @@ def _select(table: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: i
     # Outside a face near its silhouette edges: exact distances, and depths clamped to the face.
     s = (~keep).nonzero().squeeze(1)
     if floor is not None:  # (a depth within the face cannot exceed its vertices')
-        zf = table[Z0:Z2 + 1].index_select(1, bf.index_select(0, s)).amax(0)
+        zf = table[Z0:].index_select(1, bf.index_select(0, s)).amax(0)
         s = s[zf >= floor.index_select(0, s)]
     bs, ps = bf.index_select(0, s), pix.index_select(0, s) % (H * W)
-    _, z_s, sd_s = _slot_geometry(table, bs, (ps % W).to(dt) + 0.5, (ps // W).to(dt) + 0.5, soft.index_select(0, bs))
+    px, py = (ps % W).to(dt) + 0.5, (ps // W).to(dt) + 0.5
+    _, z_s, sd_s = _slot_geometry(table, far, bs, px, py, soft.index_select(0, bs))
     keep = keep.index_put((s,), sd_s >= -r)
     z = z.index_put((s,), z_s)
     if floor is not None:
@@ -306,8 +308,9 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
     # Faces that stay well outside the image in every frame take no part (their edges cannot soften it).
     near = _near_window(verts_screen.detach(), faces, settings)
     faces = faces[near]
+    grad = torch.is_grad_enabled() and verts_screen.requires_grad
+    table, far, area = _face_table(verts_screen if grad else verts_screen.detach(), faces)
     with torch.no_grad():
-        table, area = _face_table(verts_screen.detach(), faces)
         visible = area < 0 if settings.cull_backfaces else area != 0
         soft = _soft_edges(area.view(B, -1), visible.view(B, -1), faces, V)
         # a few frames at a time: the candidates' arrays then stay in the CPU's caches
@@ -315,14 +318,13 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
         for b in range(0, B, GROUP):
             n = min(GROUP, B - b)
             cols = slice(b * len(faces), (b + n) * len(faces))
-            pixel, bf, rank = _select(table[:, cols], visible[cols], soft[cols], n, settings, depth_cutoff)
+            pixel, bf, rank = _select(table.detach()[:, cols], far.detach()[:, cols], visible[cols], soft[cols], n,
+                                      settings, depth_cutoff)
             parts.append((pixel + b * H * W, bf + b * len(faces), rank))
         pixel, bf, rank = (torch.cat(p) for p in zip(*parts))
-    if torch.is_grad_enabled() and verts_screen.requires_grad:
-        table = _face_table(verts_screen, faces)[0]
     yx = pixel % (H * W)
     px, py = (yx % W).to(table.dtype) + 0.5, (yx // W).to(table.dtype) + 0.5
-    bary, z, sd = _slot_geometry(table, bf, px, py, soft.index_select(0, bf), settings.clip_barycentrics)
+    bary, z, sd = _slot_geometry(table, far, bf, px, py, soft.index_select(0, bf), settings.clip_barycentrics)
     face = near.index_select(0, bf % len(faces))
     return Fragments(pixel, face, rank, bary, z, sd, (B, H, W), settings.faces_per_pixel)
 
