@@ -238,6 +238,17 @@ def test_readme_block_states_the_numbers_commit_and_machine():
     assert "figures/tsne.png" not in report.readme_block(METRICS_JSON, RUN, figures=["metrics"])
 
 
+def test_metrics_table_files_hold_the_numbers_in_display_units(tmp_path):
+    (tmp_path / "old-model.json").write_text("{}")
+    paths = report.write_table(METRICS_JSON, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faceformer-avguide.json", "ground_truth.json"]
+    row = json.loads((tmp_path / "faceformer-avguide.json").read_text())
+    assert row == {"LVE_mm2": 28.24, "LVE_mm2_sd": 1.2, "MVE_mm": 1.621, "MVE_mm_sd": 0.01, "FDD_mm2": 0.1141,
+                   "FDD_mm2_sd": 0.002, "CER_pct": 53.12, "CER_pct_sd": 1.1, "WER_pct": 77.5, "WER_pct_sd": 2.0,
+                   "VER_pct": 56.23, "VER_pct_sd": 1.3, "seeds": 3}
+    assert len(paths) == 2
+
+
 def test_readme_command_rewrites_only_the_block(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "eval": {"out": "out/eval"}}))
     (tmp_path / "out/eval").mkdir(parents=True)

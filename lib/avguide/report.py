@@ -105,6 +105,28 @@ def error_bars(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def write_table(metrics: dict, folder: str | Path) -> list[Path]:
+    """metrics.json as one small JSON per model in display units (mm², mm, %), under `folder`: declared as the
+    stage's DVC metrics, so `dvc metrics show` prints a model x metric table (and `dvc metrics diff` compares
+    runs model by model). Files of models no longer evaluated are removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"LVE": "LVE_mm2", "MVE": "MVE_mm", "FDD": "FDD_mm2", "CER": "CER_pct", "WER": "WER_pct", "VER": "VER_pct"}
+    paths = []
+    for model, m in metrics.items():
+        row = {}
+        for k, name in names.items():
+            row[name] = float(f"{m[k] * UNITS[k][1]:.4g}")
+            if f"{k}_std" in m:
+                row[f"{name}_sd"] = float(f"{m[k + '_std'] * UNITS[k][1]:.3g}")
+        row["seeds"] = m.get("n_seeds", 1)
+        paths.append(folder / f"{model}.json")
+        paths[-1].write_text(json.dumps(row, indent=1) + "\n")
+    for stale in set(folder.glob("*.json")) - set(paths):
+        stale.unlink()
+    return paths
+
+
 # ---------------------------------------------------------------- model colours
 
 def model_colours(models) -> dict[str, tuple]:
@@ -441,7 +463,7 @@ def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
 def plot_tsne(features: pd.DataFrame):
     """Panels: word pairs (columns) x input (rows: audio-visual, video only). `features`: columns pair,
     input, word, x (the feature vector). The title of each panel gives the 1-NN word accuracy."""
-    pairs, inputs = list(dict.fromkeys(features["pair"])), list(dict.fromkeys(features["input"]))
+    pairs, inputs = sorted(set(features["pair"])), list(dict.fromkeys(features["input"]))
     fig, axes = plt.subplots(len(inputs), len(pairs), figsize=(3.6 * len(pairs), 3.4 * len(inputs)), squeeze=False)
     for c, pair in enumerate(pairs):
         for r, name in enumerate(inputs):
@@ -519,12 +541,12 @@ def plot_curves(curves: pd.DataFrame, cols: int = 4):
     for ax in grid.axes.flat:
         y = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [[1.0]])
         y = y[np.isfinite(y) & (y > 0)]
-        if len(y) and y.max() / y.min() > 3:  # log scale where the loss falls by more than a factor 3
+        if len(y) and y.max() / y.min() > 10:  # log scale where the loss falls by more than a decade
             ax.set_yscale("log")
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4) if ax.get_yscale() == "linear"
                                    else matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
     grid.set_titles("{col_name}", size=9)
     grid.figure.suptitle("Training curves (DVCLive), every stage", y=1.02)
     return grid.figure
