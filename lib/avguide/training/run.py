@@ -23,28 +23,31 @@ ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig), "codetalker": (CodeTa
 
 
 def build_animator(name: str, settings: dict, corpus: Corpus):
-    """Animator `name` sized for `corpus`, from its params.yaml section (without the `epochs` key)."""
+    """Animator `name` sized for `corpus`, from its params.yaml section (`epochs` and `lr` are the trainer's)."""
     if name not in ANIMATORS:
         raise ValueError(f"unknown animator {name!r}; known: {sorted(ANIMATORS)}")
     model_cls, cfg_cls = ANIMATORS[name]
     fps = float(corpus.manifest["fps"].iloc[0])
-    settings = {k: v for k, v in settings.items() if k != "epochs"}
+    settings = {k: v for k, v in settings.items() if k not in ("epochs", "lr")}
     if settings.get("pretrained_audio"):  # a relative folder is under the project root, as every params path
         settings["pretrained_audio"] = str(project_root() / settings["pretrained_audio"])
     cfg = cfg_cls(n_vertices=corpus.n_vertices, n_subjects=len(corpus.subjects["train"]), fps=fps, **settings)
     return model_cls(cfg)
 
 
-def stage_epochs(model, settings: dict, default: int) -> list[tuple[object, int]]:
-    """(stage, epochs) for each training stage of `model`: one stage (None) unless the model declares
-    `stages` (CodeTalker: the VQ-VAE, then the predictor); `epochs` in the animator's section is one
-    number per stage, else the trainer's max_epochs."""
+def stage_settings(model, settings: dict, epochs: int, lr: float) -> list[tuple[object, int, float]]:
+    """(stage, epochs, lr) for each training stage of `model`: one stage (None) unless the model declares
+    `stages` (CodeTalker: the VQ-VAE, then the predictor). `epochs` and `lr` in the animator's section are
+    a number or one number per stage; without them the trainer's max_epochs and train.lr."""
     stages = getattr(model, "stages", (None,))
-    epochs = settings.get("epochs", [default] * len(stages))
-    epochs = [epochs] if isinstance(epochs, int) else list(epochs)
-    if len(epochs) != len(stages):
-        raise ValueError(f"epochs: expected {len(stages)} numbers (one per training stage), got {epochs}")
-    return list(zip(stages, epochs))
+    out = []
+    for key, default in (("epochs", epochs), ("lr", lr)):
+        value = settings.get(key, default)
+        value = list(value) if isinstance(value, (list, tuple)) else [value] * len(stages)
+        if len(value) != len(stages):
+            raise ValueError(f"{key}: expected {len(stages)} numbers (one per training stage), got {value}")
+        out.append(value)
+    return list(zip(stages, out[0], [float(x) for x in out[1]]))
 
 
 @torch.no_grad()
@@ -93,13 +96,13 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     out = root / cfg["out"] / name
     datasets = (TalkingFaceDataset(corpus, "train", cache=True), TalkingFaceDataset(corpus, "val", cache=True))
     model = build_animator(name, cfg[name], corpus)
-    stages = stage_epochs(model, cfg[name], cfg["trainer"]["max_epochs"])
+    stages = stage_settings(model, cfg[name], cfg["trainer"]["max_epochs"], cfg["lr"])
     start = time.perf_counter()
-    for stage, epochs in stages:  # the last stage logs to dvclive/, earlier ones to dvclive/stage<k>/
+    for stage, epochs, lr in stages:  # the last stage logs to dvclive/, earlier ones to dvclive/stage<k>/
         if stage is not None:
             model.set_stage(stage)
         live = out / "dvclive" if stage == stages[-1][0] else out / "dvclive" / f"stage{stage}"
-        fit(AnimatorModule(model, lr=cfg["lr"]), corpus, cfg, out, epochs, live, progress, datasets)
+        fit(AnimatorModule(model, lr=lr), corpus, cfg, out, epochs, live, progress, datasets)
     metrics = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics["train_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
