@@ -195,3 +195,24 @@ def test_with_masked_audio_the_true_video_beats_the_shuffled_video(tmp_path):
     shuffled = cer(*transcribe_dataset(model, test, audio_fn=masked, video_fn=shuffle_video(0), **kw))
     clean = cer(*transcribe_dataset(model, test, **kw))
     assert clean < 0.35 and true < 0.6 * shuffled, (clean, true, shuffled)  # measured: 0.20, 0.27, 0.63
+
+
+def test_a_checkpoint_resumes_only_on_the_same_files(tmp_path):
+    """The resume stamp covers the training files: a rebuilt corpus (same manifest, new files) starts afresh."""
+    import os
+
+    from avguide.data.avcorpus import AV_COLUMNS, AVCorpus
+    from avguide.data.avdataset import AVDataset
+    from avguide.training.expert import data_stamp
+
+    rows = []
+    for k in range(2):
+        for kind, ext in (("video", "mp4"), ("wav", "wav")):
+            (tmp_path / kind).mkdir(exist_ok=True)
+            (tmp_path / kind / f"u{k}.{ext}").write_bytes(b"x" * (10 + k))
+        rows.append(f"u{k},s0,train,bin blue,5,25.0,video/u{k}.mp4,wav/u{k}.wav")
+    (tmp_path / "manifest.csv").write_text(",".join(AV_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    stamp = data_stamp(AVDataset(AVCorpus(tmp_path), "train"))
+    assert data_stamp(AVDataset(AVCorpus(tmp_path), "train")) == stamp
+    os.utime(tmp_path / "video" / "u1.mp4", ns=(1, 1))  # the file was rewritten
+    assert data_stamp(AVDataset(AVCorpus(tmp_path), "train")) != stamp

@@ -13,6 +13,7 @@ dropout, so zeroed video is a state it knows), not a separate model.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -101,6 +102,17 @@ def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int
     return tl, vl
 
 
+def data_stamp(dataset: AVDataset) -> str:
+    """A digest of the split's files (path, size, modification time): a checkpoint resumes only on the data
+    it was trained on, so a rebuilt corpus starts afresh."""
+    h = hashlib.sha256()
+    for col in ("video", "wav"):
+        for rel in dataset.rows[col]:
+            st = (dataset.corpus.root / rel).stat()
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
 def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, val: AVDataset | None, out: Path,
                seed: int, trainer_cfg: dict, progress: bool = True) -> Expert:
     """Train one reader (`cfg.mode`) and write out/<name>/ (weights + config). Resumes from
@@ -111,7 +123,7 @@ def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, v
     model = Expert(cfg)
     ckpt_dir = out / "checkpoints" / name
     fingerprint = json.dumps({"model": asdict(cfg), "settings": settings, "trainer": trainer_cfg, "seed": seed,
-                              "n_train": len(train)}, sort_keys=True, default=list)
+                              "data": data_stamp(train)}, sort_keys=True, default=list)
     stamp = ckpt_dir / "settings.json"
     if ckpt_dir.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         shutil.rmtree(ckpt_dir)  # written for other settings: not resumable
