@@ -4,6 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from avguide.params import keys, outputs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,9 +24,6 @@ def test_torchaudio_matches_torch():
 
 
 def test_smoke_profile_has_the_default_profile_keys():
-    def keys(d, prefix=""):
-        return {prefix + k for k in d} | {x for k, v in d.items() if isinstance(v, dict) for x in keys(v, prefix + k + ".")}
-
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     smoke = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
     assert keys(default) == keys(smoke)
@@ -32,13 +31,6 @@ def test_smoke_profile_has_the_default_profile_keys():
 
 def test_smoke_profile_writes_only_under_data_smoke():
     """The tests run every notebook on the smoke profile: none of its outputs may overwrite the default run's."""
-    def outputs(d, path=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from outputs(v, f"{path}{k}.")
-            elif k == "out" or k.endswith("_out"):
-                yield f"{path}{k}", v
-
     smoke = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
     found = dict(outputs(smoke))
     assert found and all(v.startswith("data/smoke/") for v in found.values()), found

@@ -12,7 +12,7 @@ import yaml
 
 from avguide import report
 from avguide.metrics import cer, edit_distance, fdd, lve, mve, to_visemes, ver, wer
-from avguide.params import check_profile, keys, load_params
+from avguide.params import check_profile, keys, load_params, outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPS, UPPER = [0, 1, 2], [4, 5]
@@ -334,16 +334,8 @@ def test_paper_profiles_have_the_default_keys_and_the_paper_values(name):
     assert (ff["feature_dim"], ff["period"]) == (dim, period)
     assert params["train"]["lr"] == 1e-4 and params["train"]["trainer"]["max_epochs"] == 100
     assert "wav2vec2-base-960h" in ff["pretrained_audio"]
-    outs = [v for k, v in yaml_outputs(params)]
+    outs = [v for k, v in outputs(params)]
     assert all(v.startswith(f"data/{source}/") or v.startswith("data/corpus/") for v in outs), outs
-
-
-def yaml_outputs(d, path=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from yaml_outputs(v, f"{path}{k}.")
-        elif k == "out" or k.endswith("_out"):
-            yield f"{path}{k}", v
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -35,6 +35,15 @@ def keys(params: dict, prefix: str = "") -> set[str]:
     return {prefix + k for k in params} | {x for k, v in params.items() if isinstance(v, dict) for x in keys(v, f"{prefix}{k}.")}
 
 
+def outputs(params: dict, prefix: str = ""):
+    """(dotted key, path) of every stage output a parameter tree names (keys `out` and `*_out`)."""
+    for k, v in params.items():
+        if isinstance(v, dict):
+            yield from outputs(v, f"{prefix}{k}.")
+        elif k == "out" or k.endswith("_out"):
+            yield f"{prefix}{k}", v
+
+
 def _paths_to_fill(params: dict) -> list[tuple[str, object]]:
     """(key, value) of the folders and files a profile reads from outside the project."""
     prep, src = params["prepare"], params["prepare"]["source"]
