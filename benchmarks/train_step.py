@@ -25,11 +25,12 @@ The expert is the fine-tuned checkpoint (guide.expert_out/model, else pretrain_e
 exists with the sizes of params.yaml pretrain_expert.model; otherwise a fresh expert of those sizes (the
 weights do not change the cost).
 
-With `--frame-stride k` L_av renders every k-th frame only and holds it (AVGuidance.frame_stride; 1: exact).
+L_av's mouths are rasterized at params.yaml guide.render_size (as in training); `--render-size 88` renders them at
+full size, to compare.
 
 Usage: python benchmarks/train_step.py [--animator faceformer|codetalker] [--batch-size 8] [--items 2]
                                        [--repeats 5] [--threads 1] [--params params.yaml] [--random-output]
-                                       [--frame-stride 1]
+                                       [--render-size N]
 """
 import argparse
 import json
@@ -134,7 +135,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--random-output", action="store_true", help="keep a fresh CodeTalker's random output geometry")
-    ap.add_argument("--frame-stride", type=int, default=1, help="L_av renders every k-th frame (1: all)")
+    ap.add_argument("--render-size", type=int, default=None, help="L_av's rasterizer resolution; default: params guide.render_size")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,8 +162,9 @@ def main():
         model.set_stage(model.stages[-1])
     expert, expert_source = pick_expert(params, root, float(corpus.manifest["fps"].iloc[0]))
     augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-    guidance = AVGuidance(expert.to(device), MouthView(corpus.topology), augment, g["update_expert"], items,
-                          args.frame_stride).train()
+    render_size = args.render_size or g["render_size"]
+    guidance = AVGuidance(expert.to(device), MouthView(corpus.topology, render_size=render_size), augment,
+                          g["update_expert"], items).train()
     lip_ids = corpus.topology.lip_ids
     baseline_weights, av_weights = LossWeights(**g["weights"]["mse"]), LossWeights(**g["weights"]["avguide"])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -217,8 +219,8 @@ def main():
         "baseline_animator_s": r(base["animator"]), "baseline_backward_s": r(base["backward"]),
         "baseline_optimizer_s": r(base["optimizer"]),
         "batch_size": batch_size, "items": items, "frames": int(batch["n_frames"].max()),
-        "rendered_frames": int(((batch["n_frames"][:items] + args.frame_stride - 1) // args.frame_stride).sum()),
-        "frame_stride": args.frame_stride, "vertices": corpus.n_vertices,
+        "rendered_frames": int(batch["n_frames"][:items].sum()), "render_size": render_size,
+        "vertices": corpus.n_vertices,
         "animator_weights": animator_source, "expert": expert_source, "update_expert": bool(g["update_expert"]), "repeats": args.repeats,
         "threads": torch.get_num_threads(), "device": str(device),
     }))

@@ -272,9 +272,30 @@ def test_readme_command_rewrites_only_the_block(tmp_path, monkeypatch):
     assert report.main(["readme"]) == 1
 
 
-def test_readme_has_the_generated_block():
+def test_readme_ablation_block_comes_from_its_own_eval_dir(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "eval": {"out": "out/eval"}}))
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation/metrics.json").write_text(json.dumps(METRICS_JSON))
+    (tmp_path / "ablation/run.json").write_text(json.dumps(RUN))
+    start, end = report.markers("ablation")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\nmain\n{report.END}\n{start}\nold\n{end}\n")
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["readme", "--block", "ablation", "--eval-dir", str(tmp_path / "ablation")]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"{report.START}\nmain\n{report.END}\n")  # the main block untouched
+    ablation = text[text.index(start):]
+    assert "old" not in ablation and "| `faceformer-avguide` | 2.824e-05 ± 1.200e-06" in ablation
+    assert "over 3 seeds (mean ± sd)" in ablation.replace("\n", " ") and "figures/" not in ablation
+    with pytest.raises(ValueError, match="block"):
+        report.markers("other")
+
+
+def test_readme_has_the_generated_blocks():
     text = (ROOT / "README.md").read_text()
-    assert text.count(report.START) == 1 and text.count(report.END) == 1
+    for block in report.BLOCKS:
+        start, end = report.markers(block)
+        assert text.count(start) == 1 and text.count(end) == 1 and text.index(start) < text.index(end), block
 
 
 # ---------------------------------------------------------------- videos and mouth crops on the smoke corpus

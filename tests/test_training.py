@@ -110,7 +110,7 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
                                         stem_channels=8, resnet_channels=(8, 16))), tmp_path / "expert-3d" / "model")
     params["pretrain_expert"] = {"augment": {}}
     params["guide"] = {"expert_out": str(tmp_path / "expert-3d"), "epochs": 1, "lr": 1e-3, "update_expert": True,
-                       "items": 1, "augment": {"noise_prob": 1.0},
+                       "items": 1, "render_size": 44, "augment": {"noise_prob": 1.0},
                        "weights": {"avguide": {"mse": 1.0, "rlv": 1.0, "av": 1e-3}}}
     metrics = guide_animator(params, "faceformer", "avguide", seed=3, progress=False)
     assert np.isfinite(metrics["LVE"]) and metrics["static_template_LVE"] > 0

@@ -41,17 +41,14 @@ class AVGuidance(nn.Module):
     """L_av's parts: render the predicted mouths, let the expert read them with the speech. With
     `update_expert` the expert trains jointly with the animator (as the paper); otherwise it is frozen and
     stays in evaluation mode (no dropout). Only the first `items` clips of a batch are rendered and read
-    (rendering with gradients costs ~6 ms a frame on a CPU core); None reads them all. With `frame_stride`
-    k > 1, only every k-th frame is rendered and held for k frames: k times less rendering, but the expert
-    sees the mouth move at fps / k and the frames in between get no gradient from L_av (1: exact)."""
+    (rendering with gradients costs ~6 ms a frame on a CPU core); None reads them all. The view's
+    `render_size` sets the rasterizer's resolution (avguide.render.mouth.MouthView)."""
 
     def __init__(self, expert: nn.Module, view, augment: AugmentConfig | None = None, update_expert: bool = True,
-                 items: int | None = None, frame_stride: int = 1):
+                 items: int | None = None):
         super().__init__()
-        if frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1 (render every k-th frame); got {frame_stride}")
         self.expert, self.view, self.augment, self.update_expert = expert, view, augment, update_expert
-        self.items, self.frame_stride = items, frame_stride
+        self.items = items
         self.expert.requires_grad_(update_expert)
 
     def train(self, mode: bool = True) -> "AVGuidance":
@@ -65,20 +62,10 @@ class AVGuidance(nn.Module):
         k = slice(0, self.items)
         n_frames, audio_lengths = batch["n_frames"][k], batch["audio_lengths"][k]
         audio = batch["audio"][k, : int(audio_lengths.max())]
-        video = self.render(vertices[k, : int(n_frames.max())], batch["templates"][k], n_frames)
+        video = self.view.batch(vertices[k, : int(n_frames.max())], batch["templates"][k], n_frames)
         if self.augment is not None:
             video, audio = augment_av(video, n_frames, audio, audio_lengths, self.augment)
         return self.expert.loss(video, n_frames, audio, audio_lengths, batch["tokens"][k], batch["token_lengths"][k])
-
-    def render(self, vertices: torch.Tensor, templates: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, V, 3) -> (B, T, H, W) mouth frames, every frame_stride-th one rendered and held."""
-        s = self.frame_stride
-        if s == 1:
-            return self.view.batch(vertices, templates, n_frames)
-        video = self.view.batch(vertices[:, ::s], templates, (n_frames + s - 1) // s).repeat_interleave(s, 1)
-        video = video[:, : vertices.shape[1]]
-        real = torch.arange(video.shape[1], device=video.device) < n_frames[:, None].to(video.device)
-        return video * real[..., None, None]  # padding stays zero
 
 
 def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, guidance: AVGuidance | None = None,

@@ -11,26 +11,36 @@ from avguide.render import MeshRenderer, RasterSettings, mouth_camera
 class MouthView:
     """Renders (T, V, 3) vertex sequences of one topology: its faces and albedo (a uniform grey when the
     corpus has none, as VOCASET and BIWI), through each subject's mouth camera (fixed from the template's
-    lip vertices). Differentiable with respect to the vertices; frames are rendered `chunk` at a time."""
+    lip vertices). Differentiable with respect to the vertices; frames are rendered `chunk` at a time.
 
-    def __init__(self, topology, size: int = 88, chunk: int = 64):
+    With `render_size` (a divisor of `size`) the mesh is rasterized at that resolution and each pixel repeated
+    to fill `size` x `size` frames: the expert average-pools its 80 px centre crop by 2 (video_pool), so a 44 px
+    render shows it the same 40 x 40 grid as an 88 px one, at a quarter of the rasterizer's pixels (only the
+    anti-aliasing of the pooling is lost)."""
+
+    def __init__(self, topology, size: int = 88, chunk: int = 64, render_size: int | None = None):
+        render_size = size if render_size is None else int(render_size)
+        if render_size < 1 or size % render_size:
+            raise ValueError(f"MouthView: render_size must divide size {size}; got {render_size}")
         self.faces = torch.as_tensor(np.asarray(topology.faces), dtype=torch.long)
         n_vertices = int(self.faces.max()) + 1
         albedo = topology.albedo if topology.albedo is not None else np.full(n_vertices, 0.7)
         self.albedo = torch.as_tensor(np.asarray(albedo), dtype=torch.float32)
         self.lip_ids = np.asarray(topology.lip_ids)
-        self.size, self.chunk = size, chunk
+        self.size, self.chunk, self.render_size = size, chunk, render_size
 
     def renderer(self, template) -> MeshRenderer:
-        camera = mouth_camera(np.asarray(template, np.float32), self.lip_ids, size=self.size)
-        return MeshRenderer(camera, RasterSettings(image_size=self.size))
+        camera = mouth_camera(np.asarray(template, np.float32), self.lip_ids, size=self.render_size)
+        return MeshRenderer(camera, RasterSettings(image_size=self.render_size))
 
     def clip(self, vertices: torch.Tensor, template) -> torch.Tensor:
         """(T, V, 3) vertices of a subject with this template -> (T, H, W) grey frames in [0, 1]."""
         render = self.renderer(template)
         faces, albedo = self.faces.to(vertices.device), self.albedo.to(vertices.device)
-        return torch.cat([render(vertices[k : k + self.chunk], faces, albedo)
-                          for k in range(0, len(vertices), self.chunk)])
+        frames = torch.cat([render(vertices[k : k + self.chunk], faces, albedo)
+                            for k in range(0, len(vertices), self.chunk)])
+        r = self.size // self.render_size
+        return frames if r == 1 else frames.repeat_interleave(r, 1).repeat_interleave(r, 2)
 
     def batch(self, vertices: torch.Tensor, templates: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
         """(B, T, V, 3) padded vertices, (B, V, 3) templates, (B,) lengths -> (B, T, H, W), padding zero."""

@@ -10,6 +10,7 @@ plain-MSE control included, gets the same epochs from the same baseline, so the 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -66,6 +67,16 @@ def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: st
     return out
 
 
+def guide_view(corpus: Corpus, params: dict, expert: Expert) -> MouthView:
+    """The mouth view of L_av and of the expert's fine-tuning: rasterized at guide.render_size, which must not be
+    coarser than the grid the expert reads (its 88 px input pooled by video_pool)."""
+    size = params["guide"]["render_size"]
+    if size * expert.cfg.video_pool < 88:
+        raise ValueError(f"guide.render_size {size} is coarser than the expert's input grid (88 px pooled by "
+                         f"video_pool {expert.cfg.video_pool}); use at least {math.ceil(88 / expert.cfg.video_pool)}")
+    return MouthView(corpus.topology, render_size=size)
+
+
 def finetune_expert(params: dict, progress: bool = True) -> dict:
     """Stage 1: fine-tune the pretrained AV expert on renders of the 3D training subjects; write
     guide.expert_out/ (model/, dvclive/, metrics.json with the before/after CER on the 3D test subjects)."""
@@ -74,8 +85,8 @@ def finetune_expert(params: dict, progress: bool = True) -> dict:
     pl.seed_everything(params["seed"], workers=True)
     out = root / g["expert_out"]
     corpus = Corpus(root / params["prepare"]["out"])
-    view = MouthView(corpus.topology)
     expert = load_checkpoint(Expert, ExpertConfig, root / pe["out"] / "model")
+    view = guide_view(corpus, params, expert)
     train, test = render_items(corpus, "train", view, progress=progress), render_items(corpus, "test", view, progress=progress)
     metrics = reading_scores(expert, test, pe, "before_")
     start = time.perf_counter()
@@ -113,7 +124,7 @@ def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: 
     if weights.av:
         expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
         augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-        guidance = AVGuidance(expert, MouthView(corpus.topology), augment, g["update_expert"], g["items"])
+        guidance = AVGuidance(expert, guide_view(corpus, params, expert), augment, g["update_expert"], g["items"])
     module = AnimatorModule(model, lr=g["lr"], weights=weights, guidance=guidance, lip_ids=corpus.topology.lip_ids,
                             diagnose_every=cfg["trainer"].get("log_every_n_steps", 10))
     out = root / cfg["out"] / run_name(animator, loss, seed)
