@@ -100,7 +100,7 @@ def same_sizes(folder, settings: dict) -> bool:
 def pick_animator(name: str, params: dict, root, corpus: Corpus, random_output: bool):
     """The trained baseline if saved with params.yaml's sizes, else a fresh animator predicting near the template."""
     # (where the audio encoder's weights started from is no size: a saved baseline loads without that folder)
-    settings = {k: v for k, v in params["train"][name].items() if k not in ("epochs", "pretrained_audio")}
+    settings = {k: v for k, v in params["train"][name].items() if k not in ("epochs", "lr", "pretrained_audio")}
     folder = root / params["train"]["out"] / name / "model"
     if same_sizes(folder, {**settings, "n_vertices": corpus.n_vertices}):
         return load_checkpoint(*ANIMATORS[name], folder), str(folder.relative_to(root))

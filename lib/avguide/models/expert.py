@@ -48,7 +48,6 @@ class ExpertConfig:
     resnet_channels: tuple[int, ...] = (24, 48, 96)  # one basic block per stage; strides 1, 2, 2
     # audio front end
     n_mels: int = 80
-    audio_subsample: int = 4  # log-mel frames (100 Hz) per audio encoder frame: 4 (25 Hz) or 2 (50 Hz)
     # encoders, fusion, decoder
     d_model: int = 128
     n_heads: int = 4
@@ -66,8 +65,6 @@ class ExpertConfig:
         if self.mode not in MODES:
             raise ValueError(f"ExpertConfig.mode must be one of {MODES}; found {self.mode!r}")
         self.resnet_channels = tuple(self.resnet_channels)
-        if self.audio_subsample not in (2, 4):
-            raise ValueError(f"ExpertConfig.audio_subsample must be 2 or 4; found {self.audio_subsample!r}")
 
 
 class ExpertLoss(NamedTuple):
@@ -147,8 +144,7 @@ class VisualFrontEnd(nn.Module):
 
 
 class AudioFrontEnd(nn.Module):
-    """Log-mel at 100 Hz, per-utterance normalised, two convolutions subsampling by `audio_subsample`
-    (strides 2 and 2: 25 Hz; 2 and 1: 50 Hz), resampled to `n_out` frames."""
+    """Log-mel at 100 Hz, per-utterance normalised, two stride-2 convolutions (25 Hz), resampled to `n_out` frames."""
 
     def __init__(self, cfg: ExpertConfig):
         super().__init__()
@@ -156,7 +152,7 @@ class AudioFrontEnd(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(cfg.sample_rate, n_fft=self.n_fft, hop_length=self.hop,
                                                         n_mels=cfg.n_mels, center=False)
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, 3, 2, 1)
-        self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, 3, cfg.audio_subsample // 2, 1)
+        self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, 3, 2, 1)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:
@@ -171,7 +167,7 @@ class AudioFrontEnd(nn.Module):
         x = (x - mean) / std * m
         for conv in (self.conv1, self.conv2):
             x = F.gelu(conv(x))
-            n = (n - 1) // conv.stride[0] + 1
+            n = (n - 1) // 2 + 1
             x = x * lengths_to_mask(n, x.shape[-1])[:, None]
         return self.proj(resample_frames(x.transpose(1, 2), n, n_out))
 
