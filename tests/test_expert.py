@@ -203,7 +203,7 @@ def test_a_checkpoint_resumes_only_on_the_same_files(tmp_path):
 
     from avguide.data.avcorpus import AV_COLUMNS, AVCorpus
     from avguide.data.avdataset import AVDataset
-    from avguide.training.expert import data_stamp
+    from avguide.training.expert import data_stamp, resume_stamp
 
     rows = []
     for k in range(2):
@@ -214,5 +214,14 @@ def test_a_checkpoint_resumes_only_on_the_same_files(tmp_path):
     (tmp_path / "manifest.csv").write_text(",".join(AV_COLUMNS) + "\n" + "\n".join(rows) + "\n")
     stamp = data_stamp(AVDataset(AVCorpus(tmp_path), "train"))
     assert data_stamp(AVDataset(AVCorpus(tmp_path), "train")) == stamp
+    # evaluation settings do not touch the stamp (a new beam re-decodes the finished run); training settings do
+    data = AVDataset(AVCorpus(tmp_path), "train")
+    settings = {"lr": 1e-3, "batch_size": 2, "beam_size": 5, "decode_ctc_weight": 0.3, "eval": {"seed": 0}}
+    run = resume_stamp(ExpertConfig(), settings, {"max_epochs": 2}, 0, data)
+    decode = {**settings, "beam_size": 10, "decode_ctc_weight": 0.5, "eval": {"seed": 1}}
+    assert resume_stamp(ExpertConfig(), decode, {"max_epochs": 2}, 0, data) == run
+    assert resume_stamp(ExpertConfig(), {**settings, "lr": 2e-3}, {"max_epochs": 2}, 0, data) != run
+    assert resume_stamp(ExpertConfig(), settings, {"max_epochs": 3}, 0, data) != run
     os.utime(tmp_path / "video" / "u1.mp4", ns=(1, 1))  # the file was rewritten
     assert data_stamp(AVDataset(AVCorpus(tmp_path), "train")) != stamp
+    assert resume_stamp(ExpertConfig(), settings, {"max_epochs": 2}, 0, AVDataset(AVCorpus(tmp_path), "train")) != run

@@ -113,6 +113,17 @@ def data_stamp(dataset: AVDataset) -> str:
     return h.hexdigest()
 
 
+EVAL_ONLY = ("beam_size", "decode_ctc_weight", "eval")  # settings that change no weight
+
+
+def resume_stamp(cfg: ExpertConfig, settings: dict, trainer_cfg: dict, seed: int, train: AVDataset) -> str:
+    """What a checkpoint must have been trained with to be resumed: the model, the training settings (not the
+    evaluation's: changing the beam re-decodes, it does not retrain), the trainer, the seed and the data."""
+    training = {k: v for k, v in settings.items() if k not in EVAL_ONLY}
+    return json.dumps({"model": asdict(cfg), "settings": training, "trainer": trainer_cfg, "seed": seed,
+                       "data": data_stamp(train)}, sort_keys=True, default=list)
+
+
 def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, val: AVDataset | None, out: Path,
                seed: int, trainer_cfg: dict, progress: bool = True) -> Expert:
     """Train one reader (`cfg.mode`) and write out/<name>/ (weights + config). Resumes from
@@ -122,8 +133,7 @@ def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, v
     pl.seed_everything(seed, workers=True)
     model = Expert(cfg)
     ckpt_dir = out / "checkpoints" / name
-    fingerprint = json.dumps({"model": asdict(cfg), "settings": settings, "trainer": trainer_cfg, "seed": seed,
-                              "data": data_stamp(train)}, sort_keys=True, default=list)
+    fingerprint = resume_stamp(cfg, settings, trainer_cfg, seed, train)
     stamp = ckpt_dir / "settings.json"
     if ckpt_dir.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         shutil.rmtree(ckpt_dir)  # written for other settings: not resumable
