@@ -48,9 +48,9 @@ from avguide.models.augment import AugmentConfig
 from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, ExpertConfig
 from avguide.params import load_params, project_root
-from avguide.render.mouth import MouthView
 from avguide.training.animator import borrow_style
 from avguide.training.expert import reader_config
+from avguide.training.guide import guide_view
 from avguide.training.run import ANIMATORS, build_animator
 
 
@@ -163,7 +163,7 @@ def main():
     expert, expert_source = pick_expert(params, root, float(corpus.manifest["fps"].iloc[0]))
     augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
     render_size = args.render_size or g["render_size"]
-    guidance = AVGuidance(expert.to(device), MouthView(corpus.topology, render_size=render_size), augment,
+    guidance = AVGuidance(expert.to(device), guide_view(corpus.topology, render_size, expert), augment,
                           g["update_expert"], items).train()
     lip_ids = corpus.topology.lip_ids
     baseline_weights, av_weights = LossWeights(**g["weights"]["mse"]), LossWeights(**g["weights"]["avguide"])

@@ -37,7 +37,6 @@ UNITS = {"LVE": ("LVE (mm²)", 1e6), "MVE": ("MVE (mm)", 1e3), "FDD": ("FDD (mm�
          "CER": ("judge CER (%)", 100), "WER": ("judge WER (%)", 100), "VER": ("judge VER (%)", 100)}
 GAP = "∅"  # the empty side of an insertion or a deletion in an alignment
 BOUNDS = ("ground_truth", "static_template")
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 BLOCKS = ("results", "ablation")  # README blocks: the main comparison (with figures), the ablation (table only)
 
 
@@ -45,6 +44,9 @@ def markers(block: str = "results") -> tuple[str, str]:
     if block not in BLOCKS:
         raise ValueError(f"README block must be one of {BLOCKS}; found {block!r}")
     return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+
+
+START, END = markers("results")
 FIGURES = {"metrics": "metrics per model", "subjects": "per test subject", "visemes": "viseme confusion of the judge",
            "aperture": "lip aperture of one test utterance", "strips": "mouth frames at closures and open vowels",
            "tsne": "t-SNE of the expert's features for lip-alike words", "curves": "training curves"}
@@ -690,11 +692,11 @@ def update_readme(readme: str | Path, text_block: str, block: str = "results") -
     """Replace the text between the `block` markers of `readme` (markers included) with `text_block`."""
     path = Path(readme)
     text = path.read_text()
-    START, END = markers(block)
-    start, end = text.find(START), text.find(END)
+    opening, closing = markers(block)
+    start, end = text.find(opening), text.find(closing)
     if start < 0 or end < start:
-        raise ValueError(f"{path}: expected the markers {START} ... {END} around the {block} block; not found")
-    path.write_text(text[:start] + text_block + text[end + len(END):])
+        raise ValueError(f"{path}: expected the markers {opening} ... {closing} around the {block} block; not found")
+    path.write_text(text[:start] + text_block + text[end + len(closing):])
 
 
 def main(argv: list[str] | None = None) -> int:

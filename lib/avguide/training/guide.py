@@ -67,14 +67,15 @@ def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: st
     return out
 
 
-def guide_view(corpus: Corpus, params: dict, expert: Expert) -> MouthView:
-    """The mouth view of L_av and of the expert's fine-tuning: rasterized at guide.render_size, which must not be
-    coarser than the grid the expert reads (its 88 px input pooled by video_pool)."""
-    size = params["guide"]["render_size"]
-    if size * expert.cfg.video_pool < 88:
-        raise ValueError(f"guide.render_size {size} is coarser than the expert's input grid (88 px pooled by "
-                         f"video_pool {expert.cfg.video_pool}); use at least {math.ceil(88 / expert.cfg.video_pool)}")
-    return MouthView(corpus.topology, render_size=size)
+def guide_view(topology, render_size: int, expert: Expert) -> MouthView:
+    """The mouth view of L_av and of the expert's fine-tuning, rasterized at `render_size` (guide.render_size),
+    which must not be coarser than the grid the expert reads (the view's frames pooled by video_pool)."""
+    view = MouthView(topology, render_size=render_size)
+    if render_size * expert.cfg.video_pool < view.size:
+        need = math.ceil(view.size / expert.cfg.video_pool)
+        raise ValueError(f"guide.render_size {render_size} is coarser than the expert's input grid ({view.size} px "
+                         f"pooled by video_pool {expert.cfg.video_pool}); use at least {need}")
+    return view
 
 
 def finetune_expert(params: dict, progress: bool = True) -> dict:
@@ -86,7 +87,7 @@ def finetune_expert(params: dict, progress: bool = True) -> dict:
     out = root / g["expert_out"]
     corpus = Corpus(root / params["prepare"]["out"])
     expert = load_checkpoint(Expert, ExpertConfig, root / pe["out"] / "model")
-    view = guide_view(corpus, params, expert)
+    view = guide_view(corpus.topology, g["render_size"], expert)
     train, test = render_items(corpus, "train", view, progress=progress), render_items(corpus, "test", view, progress=progress)
     metrics = reading_scores(expert, test, pe, "before_")
     start = time.perf_counter()
@@ -124,7 +125,7 @@ def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: 
     if weights.av:
         expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
         augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-        guidance = AVGuidance(expert, guide_view(corpus, params, expert), augment, g["update_expert"], g["items"])
+        guidance = AVGuidance(expert, guide_view(corpus.topology, g["render_size"], expert), augment, g["update_expert"], g["items"])
     module = AnimatorModule(model, lr=g["lr"], weights=weights, guidance=guidance, lip_ids=corpus.topology.lip_ids,
                             diagnose_every=cfg["trainer"].get("log_every_n_steps", 10))
     out = root / cfg["out"] / run_name(animator, loss, seed)
