@@ -95,6 +95,19 @@ class ExpertModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class ThreadsFromEpoch(pl.Callback):
+    """Train with `threads` torch threads from epoch `epoch` (0-based) on: the expert takes the judge's core once
+    the judge is done. A fixed epoch, not "when the judge's process ends": the thread count changes the floats
+    (summation order), so a switch that hung on timing would make training irreproducible."""
+
+    def __init__(self, epoch: int, threads: int):
+        self.epoch, self.threads = epoch, threads
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch:
+            torch.set_num_threads(self.threads)
+
+
 def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     tl = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_av, generator=g, drop_last=len(train) > batch_size)
@@ -125,7 +138,7 @@ def resume_stamp(cfg: ExpertConfig, settings: dict, trainer_cfg: dict, seed: int
 
 
 def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, val: AVDataset | None, out: Path,
-               seed: int, trainer_cfg: dict, progress: bool = True) -> Expert:
+               seed: int, trainer_cfg: dict, progress: bool = True, callbacks: list | None = None) -> Expert:
     """Train one reader (`cfg.mode`) and write out/<name>/ (weights + config). Resumes from
     out/checkpoints/<name>/last.ckpt when it was written with the same settings; other settings start afresh."""
     from dvclive.lightning import DVCLiveLogger
@@ -147,7 +160,7 @@ def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, v
     logger = DVCLiveLogger(dir=str(out / "dvclive" / name), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, every_n_epochs=1,
                                  enable_version_counter=False)
-    trainer = make_trainer(trainer_cfg, out, logger=logger, enable_progress_bar=progress, callbacks=[checkpoint],
+    trainer = make_trainer(trainer_cfg, out, logger=logger, enable_progress_bar=progress, callbacks=[checkpoint, *(callbacks or [])],
                            num_sanity_val_steps=0)
     tl, vl = _loaders(train, val, settings["batch_size"], seed)
     trainer.fit(module, tl, vl, ckpt_path=str(resume) if resume else None)
@@ -315,7 +328,9 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     """Train the AV expert and the visual-only judge with params['pretrain_expert']; write metrics.json.
 
     With `parallel: true` the judge trains in a second (spawned) process at the same time as the expert,
-    each with `threads` torch threads: on two cores that halves the wall time."""
+    each with `threads` torch threads: on two cores that halves the wall time. The judge's epochs are shorter, so
+    from epoch `solo.after_epochs` on the expert trains with `solo.threads` (the judge is done by then), and the
+    evaluation runs with them too."""
     import multiprocessing
     import time
 
@@ -339,8 +354,11 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     train, val, test = (AVDataset(corpus, split, clips) for split in ("train", "val", "test"))
     fps = float(corpus.manifest["fps"].iloc[0])
 
+    solo = s.get("solo") or {}
+    callbacks = [ThreadsFromEpoch(solo["after_epochs"], solo["threads"])] if solo.get("threads") else []
     start = time.perf_counter()
-    expert = fit_reader("model", reader_config(s, "av", fps), s, train, val, out, params["seed"], s["trainer"], progress)
+    expert = fit_reader("model", reader_config(s, "av", fps), s, train, val, out, params["seed"], s["trainer"], progress,
+                        callbacks=callbacks)
     expert_s = time.perf_counter() - start
     if judge_job is not None:
         status, value = queue.get()
@@ -352,6 +370,8 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
         judge_s = _fit_judge(params, progress, clips)
     judge = load_expert(out / "judge", map_location=str(expert.device))
     wall_s = time.perf_counter() - start
+    if solo.get("threads"):
+        torch.set_num_threads(solo["threads"])
 
     start = time.perf_counter()
     metrics, examples = evaluate_readers(expert, judge, test, s)
