@@ -408,3 +408,38 @@ def test_make_reproduce_checks_a_profile_before_copying_it():
     assert check < copy < repro
     default = subprocess.run(["make", "-n", "reproduce"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "cp " not in default and "dvc repro" in default
+
+
+def paired_rows(model, seed, char_err, lve_value, utterances):
+    return [{"model": model, "seed": seed, "utterance": u, "n_frames": 10 + k, "LVE": lve_value, "MVE": 1.0, "FDD": 1.0,
+             "char_err": e, "chars": 20, "word_err": 0, "words": 4, "vis_err": e, "visemes": 20}
+            for k, (u, e) in enumerate(zip(utterances, char_err))]
+
+
+def test_paired_differences_score_both_models_on_the_same_draw():
+    rng = np.random.default_rng(1)
+    utts = [f"u{k}" for k in range(40)]
+    rows = []
+    for seed in (0, 1):
+        control = rng.integers(2, 8, size=len(utts))
+        rows += paired_rows("ff-mse", seed, control, 2.0, utts)
+        rows += paired_rows("ff-avguide", seed, control - 1, 2.2, utts)  # one error fewer everywhere, LVE +10 %
+        rows += paired_rows("ff-baseline", seed, control, 2.0, utts)
+        rows += paired_rows("ct-avguide", seed, control, 2.0, utts)      # no control: not compared
+    paired = report.paired_differences(pd.DataFrame(rows))
+    assert set(paired["model"]) == {"ff-avguide"} and set(paired["control"]) == {"ff-mse"}
+    by = paired.set_index("metric")
+    assert by.loc["CER", "diff"] == pytest.approx(-5.0)  # 1 of 20 characters, in points
+    assert by.loc["CER", "lo"] == pytest.approx(-5.0) and by.loc["CER", "hi"] == pytest.approx(-5.0)  # paired: no spread
+    assert by.loc["LVE", "diff"] == pytest.approx(10.0)
+    noisy = pd.DataFrame(rows)
+    guided = noisy["model"] == "ff-avguide"
+    noisy.loc[guided, "char_err"] = noisy.loc[guided, "char_err"] + rng.integers(-3, 2, size=int(guided.sum()))
+    row = report.paired_differences(noisy).set_index("metric").loc["CER"]
+    assert row["lo"] < row["diff"] < row["hi"] < 0
+    table = report.paired_table(paired)
+    assert "| `ff-avguide` − `ff-mse` | +10.0 % [+10.0, +10.0] | -5.0 [-5.0, -5.0] | -5.0 [-5.0, -5.0] |" in table
+    block = report.readme_block(METRICS_JSON, RUN, paired=paired)
+    assert table in block and table not in report.readme_block(METRICS_JSON, RUN)
+    with pytest.raises(ValueError, match="different utterances"):
+        report.paired_differences(pd.DataFrame([r for r in rows if not (r["model"] == "ff-mse" and r["utterance"] == "u0")]))

@@ -115,6 +115,55 @@ def error_bars(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+PAIRED = ("LVE", "CER", "VER")  # the guided-minus-control differences the README states
+
+
+def paired_differences(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each guided model against its control, `<animator>-<loss>` minus `<animator>-mse`, on the same test
+    utterances and seeds: the difference of the pooled LVE (in % of the control's) and of CER and VER (in
+    points), with a 95 % paired bootstrap interval: utterances are resampled (each with all its seeds) and the
+    same draw scores both models, so what the two share (hard utterances, the subject) cancels out."""
+    models = list(dict.fromkeys(table["model"]))
+    rows, rng = [], np.random.default_rng(seed)
+    for model in models:
+        animator, _, loss = model.partition("-")
+        control = f"{animator}-mse"
+        if loss in ("", "baseline", "mse") or control not in models:
+            continue
+        sums = []
+        for name in (model, control):  # per utterance, numerator and denominator summed over seeds
+            parts = _parts(table[table["model"] == name].reset_index(drop=True))
+            frame = pd.DataFrame({f"{m}_{k}": v[k] for m, v in parts.items() if m in PAIRED for k in (0, 1)})
+            frame["utterance"] = table.loc[table["model"] == name, "utterance"].to_numpy()
+            sums.append(frame.groupby("utterance").sum())
+        if set(sums[0].index) != set(sums[1].index):
+            raise ValueError(f"{model} and {control} were scored on different utterances")
+        a, b = sums[0], sums[1].loc[sums[0].index]
+        pick = rng.integers(len(a), size=(n_boot, len(a)))
+        for m in PAIRED:
+            def diff(index):
+                mine = a[f"{m}_0"].to_numpy()[index].sum(-1) / a[f"{m}_1"].to_numpy()[index].sum(-1)
+                theirs = b[f"{m}_0"].to_numpy()[index].sum(-1) / b[f"{m}_1"].to_numpy()[index].sum(-1)
+                return 100 * (mine / theirs - 1) if m == "LVE" else 100 * (mine - theirs)
+            boot = diff(pick)
+            rows.append({"model": model, "control": control, "metric": m, "diff": float(diff(np.arange(len(a)))),
+                         "lo": float(np.quantile(boot, 0.025)), "hi": float(np.quantile(boot, 0.975))})
+    return pd.DataFrame(rows, columns=["model", "control", "metric", "diff", "lo", "hi"])
+
+
+def paired_table(paired: pd.DataFrame) -> str:
+    """paired_differences as a Markdown table: difference [95 % interval], LVE in %, error rates in points."""
+    lines = ["| guided − control | LVE | judge CER | VER |", "| --- | --- | --- | --- |"]
+    for (model, control), group in paired.groupby(["model", "control"], sort=False):
+        cells = []
+        for m in PAIRED:
+            r = group[group["metric"] == m].iloc[0]
+            unit = " %" if m == "LVE" else ""
+            cells.append(f"{r['diff']:+.1f}{unit} [{r['lo']:+.1f}, {r['hi']:+.1f}]")
+        lines.append(f"| `{model}` − `{control}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_table(metrics: dict, folder: str | Path) -> list[Path]:
     """metrics.json as one small JSON per model in display units (mm², mm, %), under `folder`: declared as the
     stage's DVC metrics, so `dvc metrics show` prints a model x metric table (and `dvc metrics diff` compares
@@ -654,9 +703,10 @@ def results_table(metrics: dict) -> str:
 
 
 def readme_block(metrics: dict, run: dict, eval_dir: str = "data/eval", figures: list[str] | None = None,
-                 block: str = "results") -> str:
-    """The README's generated results block: where the numbers come from, the table, links to the figures
-    (those of FIGURES named in `figures`; default: all). The "ablation" block has the table only."""
+                 block: str = "results", paired: pd.DataFrame | None = None) -> str:
+    """The README's generated results block: where the numbers come from, the table, each guided model against
+    its control (`paired`: paired_differences, when given), links to the figures (those of FIGURES named in
+    `figures`; default: all). The "ablation" block has no figures."""
     start, end = markers(block)
     m = run["machine"]
     where = f"{m['cpu']}, {m['cores']} cores, " + (f"GPU {m['gpu']}" if m.get("gpu") else "no GPU")
@@ -676,6 +726,11 @@ def readme_block(metrics: dict, run: dict, eval_dir: str = "data/eval", figures:
         "",
         results_table(metrics),
     ]
+    if paired is not None and len(paired):
+        lines += ["", textwrap.fill("Each guided model against its control (the same baseline fine-tuned as long with "
+                                    "the vertex MSE only), on the same test utterances and seeds: the difference "
+                                    "(LVE in % of the control's, error rates in points) and its 95 % paired bootstrap "
+                                    "interval over test utterances.", 110), "", paired_table(paired)]
     if block != "results":
         return "\n".join(lines + [end])
     lines.append("")
@@ -721,8 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = json.loads((root / out / "metrics.json").read_text())
     run = json.loads((root / out / "run.json").read_text())
     figures = [name for name in FIGURES if (root / out / "figures" / f"{name}.png").is_file()]
+    paired = paired_differences(per_utterance(root / out)) if (root / out / "per_utterance.csv").is_file() else None
     update_readme(Path(args.readme) if args.readme else root / "README.md",
-                  readme_block(metrics, run, str(out), figures, args.block), args.block)
+                  readme_block(metrics, run, str(out), figures, args.block, paired), args.block)
     return 0
 
 
