@@ -123,6 +123,14 @@ def paired_differences(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -
     utterances and seeds: the difference of the pooled LVE (in % of the control's) and of CER and VER (in
     points), with a 95 % paired bootstrap interval: utterances are resampled (each with all its seeds) and the
     same draw scores both models, so what the two share (hard utterances, the subject) cancels out."""
+    def sums(name):  # per utterance, each metric's numerator and denominator summed over seeds
+        rows = table[table["model"] == name]
+        frame = pd.DataFrame({f"{m}_{k}": part[k] for m, part in _parts(rows).items() if m in PAIRED for k in (0, 1)})
+        return frame.assign(utterance=rows["utterance"].to_numpy()).groupby("utterance").sum()
+
+    def rate(frame, m, index):
+        return frame[f"{m}_0"].to_numpy()[index].sum(-1) / frame[f"{m}_1"].to_numpy()[index].sum(-1)
+
     models = list(dict.fromkeys(table["model"]))
     rows, rng = [], np.random.default_rng(seed)
     for model in models:
@@ -130,23 +138,17 @@ def paired_differences(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -
         control = f"{animator}-mse"
         if loss in ("", "baseline", "mse") or control not in models:
             continue
-        sums = []
-        for name in (model, control):  # per utterance, numerator and denominator summed over seeds
-            parts = _parts(table[table["model"] == name].reset_index(drop=True))
-            frame = pd.DataFrame({f"{m}_{k}": v[k] for m, v in parts.items() if m in PAIRED for k in (0, 1)})
-            frame["utterance"] = table.loc[table["model"] == name, "utterance"].to_numpy()
-            sums.append(frame.groupby("utterance").sum())
-        if set(sums[0].index) != set(sums[1].index):
+        a, b = sums(model), sums(control)
+        if set(a.index) != set(b.index):
             raise ValueError(f"{model} and {control} were scored on different utterances")
-        a, b = sums[0], sums[1].loc[sums[0].index]
-        pick = rng.integers(len(a), size=(n_boot, len(a)))
+        b = b.loc[a.index]
+        everything, pick = np.arange(len(a)), rng.integers(len(a), size=(n_boot, len(a)))
         for m in PAIRED:
             def diff(index):
-                mine = a[f"{m}_0"].to_numpy()[index].sum(-1) / a[f"{m}_1"].to_numpy()[index].sum(-1)
-                theirs = b[f"{m}_0"].to_numpy()[index].sum(-1) / b[f"{m}_1"].to_numpy()[index].sum(-1)
+                mine, theirs = rate(a, m, index), rate(b, m, index)
                 return 100 * (mine / theirs - 1) if m == "LVE" else 100 * (mine - theirs)
             boot = diff(pick)
-            rows.append({"model": model, "control": control, "metric": m, "diff": float(diff(np.arange(len(a)))),
+            rows.append({"model": model, "control": control, "metric": m, "diff": float(diff(everything)),
                          "lo": float(np.quantile(boot, 0.025)), "hi": float(np.quantile(boot, 0.975))})
     return pd.DataFrame(rows, columns=["model", "control", "metric", "diff", "lo", "hi"])
 

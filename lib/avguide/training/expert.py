@@ -160,8 +160,8 @@ def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, v
     logger = DVCLiveLogger(dir=str(out / "dvclive" / name), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, every_n_epochs=1,
                                  enable_version_counter=False)
-    trainer = make_trainer(trainer_cfg, out, logger=logger, enable_progress_bar=progress, callbacks=[checkpoint, *(callbacks or [])],
-                           num_sanity_val_steps=0)
+    trainer = make_trainer(trainer_cfg, out, logger=logger, enable_progress_bar=progress,
+                           callbacks=[checkpoint, *(callbacks or [])], num_sanity_val_steps=0)
     tl, vl = _loaders(train, val, settings["batch_size"], seed)
     trainer.fit(module, tl, vl, ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
@@ -355,7 +355,8 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     fps = float(corpus.manifest["fps"].iloc[0])
 
     solo = s.get("solo") or {}
-    callbacks = [ThreadsFromEpoch(solo["after_epochs"], solo["threads"])] if solo.get("threads") else []
+    solo_threads = solo.get("threads")  # null: the expert keeps `threads` throughout
+    callbacks = [ThreadsFromEpoch(solo["after_epochs"], solo_threads)] if solo_threads else []
     start = time.perf_counter()
     expert = fit_reader("model", reader_config(s, "av", fps), s, train, val, out, params["seed"], s["trainer"], progress,
                         callbacks=callbacks)
@@ -370,8 +371,8 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
         judge_s = _fit_judge(params, progress, clips)
     judge = load_expert(out / "judge", map_location=str(expert.device))
     wall_s = time.perf_counter() - start
-    if solo.get("threads"):
-        torch.set_num_threads(solo["threads"])
+    if solo_threads:
+        torch.set_num_threads(solo_threads)
 
     start = time.perf_counter()
     metrics, examples = evaluate_readers(expert, judge, test, s)
