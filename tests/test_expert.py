@@ -71,6 +71,23 @@ def test_gradient_reaches_the_video_and_not_its_padding():
     assert g[1, 9:].abs().sum() == 0
 
 
+def test_the_stem_is_the_3d_convolution_at_the_valid_frames():
+    front = small("video").video_front
+    x = torch.randn(3, 11, 24, 24, requires_grad=True)
+    lengths = torch.tensor([11, 6, 1])
+    valid = torch.arange(11)[None] < lengths[:, None]
+    masked = x * valid[:, :, None, None]
+    want = front.stem(masked[:, None]).transpose(1, 2)[valid]
+    got = front._stem(masked, valid)
+    assert got.shape == want.shape == (18, 8, 12, 12)
+    assert torch.allclose(got, want, atol=1e-5)
+    g = torch.randn_like(got)
+    gx, gw = torch.autograd.grad((got * g).sum(), (x, front.stem.weight), retain_graph=True)
+    want_gx, want_gw = torch.autograd.grad((want * g).sum(), (x, front.stem.weight))
+    assert torch.allclose(gx, want_gx, atol=1e-4) and torch.allclose(gw, want_gw, atol=1e-4)
+    assert gx[1, 6:].abs().sum() == 0 and gx[2, 1:].abs().sum() == 0 and gx[0].abs().sum() > 0
+
+
 def test_audio_only_mode_infers_the_frame_count():
     model = small("audio").eval()
     enc, n = model.encode(audio=torch.zeros(2, 16000), audio_lengths=torch.tensor([16000, 8000]))

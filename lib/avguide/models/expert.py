@@ -132,8 +132,7 @@ class VisualFrontEnd(nn.Module):
             x = F.avg_pool2d(x.flatten(0, 1)[:, None], cfg.video_pool)[:, 0].unflatten(0, (b, t))
         valid = lengths_to_mask(lengths, t)
         x = x * valid[:, :, None, None]  # padding is zero, as the stem's own padding
-        x = self.stem(x[:, None])  # (B, C, T, h, w)
-        x = x.transpose(1, 2)[valid]  # (N valid frames, C, h, w): the ResNet never sees padding
+        x = self._stem(x, valid)  # (N valid frames, C, h, w): neither the stem nor the ResNet computes padding
         x = F.relu(self.stem_norm(x))
         if self.cfg.stem_pool:
             x = F.max_pool2d(x, 3, 2, 1)
@@ -141,6 +140,15 @@ class VisualFrontEnd(nn.Module):
         out = x.new_zeros(b, t, x.shape[-1])
         out[valid] = x
         return self.proj(out) * valid[..., None]
+
+    def _stem(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """`self.stem` (the 3D convolution) at the valid frames only: each frame's temporal neighbourhood stacked as
+        channels, one 2D convolution with the same weights. The same sums as the Conv3d; on the CPU about half
+        its time forward and backward (channels-last stacks, no padded frames)."""
+        kt, pt = self.stem.kernel_size[0], self.stem.padding[0]
+        stacks = F.pad(x, (0, 0, 0, 0, pt, pt)).unfold(1, kt, 1)[valid]  # (N, h, w, kt)
+        return F.conv2d(stacks.permute(0, 3, 1, 2), self.stem.weight[:, 0], stride=self.stem.stride[1:],
+                        padding=self.stem.padding[1:])
 
 
 class AudioFrontEnd(nn.Module):
