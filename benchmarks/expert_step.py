@@ -18,12 +18,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
 from avguide.models.augment import AugmentConfig, augment_av
-from avguide.models.expert import Expert, lengths_to_mask
+from avguide.models.expert import Expert
 from avguide.params import load_params, project_root
 from avguide.training.expert import reader_config
 
@@ -45,10 +44,8 @@ def main():
     params = load_params(args.params)
     s = params["pretrain_expert"]
     corpus = AVCorpus(project_root() / params["prepare_2d"]["out"])
-    train = corpus.split("train")
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: s["batch_size"]].tolist()
-    clips = decode_corpus(corpus, splits=("train",), progress=False)
-    dataset = AVDataset(corpus, "train", clips)
+    dataset = AVDataset(corpus, "train", decode_corpus(corpus, splits=("train",), progress=False))
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[: s["batch_size"]].tolist()
     batch = collate_av([dataset[i] for i in pick])
     fps = float(corpus.manifest["fps"].iloc[0])
 
@@ -67,14 +64,16 @@ def main():
         out.loss.backward()
         opt.step()
 
-    # the stem's input, as VisualFrontEnd.forward prepares it
-    cfg = front.cfg
-    b, t, h, w = batch["video"].shape
-    top, left = (h - cfg.crop_size) // 2, (w - cfg.crop_size) // 2
-    x = (batch["video"][:, :, top:top + cfg.crop_size, left:left + cfg.crop_size] - cfg.video_mean) / cfg.video_std
-    x = F.avg_pool2d(x.flatten(0, 1)[:, None], cfg.video_pool)[:, 0].unflatten(0, (b, t))
-    valid = lengths_to_mask(batch["video_lengths"], t)
-    x = x * valid[:, :, None, None]
+    seen = {}  # the stem's input (the prepared clip and its valid frames), caught in one forward of the front end
+
+    def catch(x, valid):
+        seen.update(x=x.detach(), valid=valid)
+        return stems["stacked"](x, valid)
+
+    front._stem = catch
+    with torch.no_grad():
+        front(batch["video"], batch["video_lengths"])
+    x, valid = seen["x"], seen["valid"]
 
     def stem_only(fn):
         y = fn(x, valid)
@@ -94,7 +93,7 @@ def main():
     med = {f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()}
     print(json.dumps({**med, "step_ratio": round(med["step_stacked_s"] / med["step_conv3d_s"], 3),
                       "stem_ratio": round(med["stem_stacked_s"] / med["stem_conv3d_s"], 3),
-                      "batch_size": len(pick), "frames": t, "valid_share": round(valid.float().mean().item(), 3),
+                      "batch_size": len(pick), "frames": valid.shape[1], "valid_share": round(valid.float().mean().item(), 3),
                       "repeats": args.repeats, "threads": args.threads}))
 
 
