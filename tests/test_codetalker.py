@@ -106,6 +106,12 @@ def test_checkpoint_round_trip(model, tmp_path):
     assert torch.equal(model.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids))
 
 
+def test_the_same_weights_are_the_same_bytes(model, tmp_path):
+    """Same seed, same bytes: the safetensors header (with its metadata) must not vary between saves."""
+    files = [save_checkpoint(model, tmp_path / f"ct{i}") / "model.safetensors" for i in range(8)]
+    assert len({f.read_bytes() for f in files}) == 1
+
+
 def test_unseen_subjects_must_borrow_a_training_style(model):
     audio, samples, n, templates, _, _ = batch([10])
     with pytest.raises(ValueError, match="training styles 0..2"):

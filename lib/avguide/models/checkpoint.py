@@ -1,8 +1,9 @@
 """Model checkpoints in safe formats: weights as safetensors, the config as JSON beside them.
 
-The model's class is recorded in the safetensors header metadata (`class`, `module`), so a tool
-handed a folder (the `avguide` command line) knows what to rebuild; config.json stays the config
-dataclass alone. Checkpoints written before the class was recorded still load.
+The model's class name is recorded in the safetensors header metadata (`class`), so a tool handed a
+folder (the `avguide` command line) knows what to rebuild; config.json stays the config dataclass
+alone. One key only: safetensors writes metadata keys in no fixed order, so two keys would make the
+same weights different bytes. Checkpoints written before the class was recorded still load.
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ def save_checkpoint(model, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"class": type(model).__name__, "module": type(model).__module__}
-    save_file(state, folder / "model.safetensors", metadata=meta)
+    save_file(state, folder / "model.safetensors", metadata={"class": type(model).__name__})
     (folder / "config.json").write_text(json.dumps(asdict(model.cfg), indent=1, default=list) + "\n")
     return folder
 
