@@ -308,10 +308,15 @@ class Expert(nn.Module):
         """
         if tokens is None:
             raise ValueError("Expert.loss needs the target tokens")
+        enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
+        return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight)
+
+    def loss_of_encoding(self, enc: torch.Tensor, n_enc: torch.Tensor, tokens: torch.Tensor, token_lengths=None,
+                         reduction: str = "mean", ctc_weight: float | None = None) -> ExpertLoss:
+        """`loss` on an `encode` output (enc, n_enc): for a caller that also decodes the same encoding."""
         lam = self.cfg.ctc_weight if ctc_weight is None else ctc_weight
         tokens = tokens.to(self.device)
         token_lengths = (token_lengths if token_lengths is not None else (tokens != VOCAB.pad).sum(1)).to(self.device)
-        enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
         logp = self.ctc_log_probs(enc)
         ctc = F.ctc_loss(logp.transpose(0, 1), tokens, n_enc, token_lengths, blank=VOCAB.blank, reduction="none",
                          zero_infinity=True) / token_lengths.clamp(min=1)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
+from avguide.data.batching import length_batches
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, augment_av
 from avguide.models.checkpoint import save_checkpoint
@@ -68,7 +69,7 @@ class ExpertModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         inputs = self._inputs(batch, False)
         enc, n_enc = self.model.encode(*inputs)
-        out = self.model.loss(*inputs, batch["tokens"], batch["token_lengths"])
+        out = self.model.loss_of_encoding(enc, n_enc, batch["tokens"], batch["token_lengths"])
         n = len(batch["texts"])
         self.log("val/loss", out.loss, batch_size=n, prog_bar=True)
         self.log("val/ctc", out.ctc, batch_size=n)
@@ -110,7 +111,8 @@ class ThreadsFromEpoch(pl.Callback):
 
 def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    tl = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_av, generator=g, drop_last=len(train) > batch_size)
+    tl = DataLoader(train, batch_sampler=length_batches(train, batch_size, g, drop_last=len(train) > batch_size),
+                    collate_fn=collate_av)
     vl = DataLoader(val, batch_size=batch_size, collate_fn=collate_av) if val is not None else None
     return tl, vl
 
