@@ -260,3 +260,19 @@ def test_a_checkpoint_resumes_only_on_the_same_files(tmp_path):
     os.utime(tmp_path / "video" / "u1.mp4", ns=(1, 1))  # the file was rewritten
     assert data_stamp(AVDataset(AVCorpus(tmp_path), "train")) != stamp
     assert resume_stamp(ExpertConfig(), settings, {"max_epochs": 2}, 0, AVDataset(AVCorpus(tmp_path), "train")) != run
+
+
+def test_a_checkpoint_resumes_only_under_the_code_that_wrote_it(tmp_path, monkeypatch):
+    """A change to the training code (DVC re-runs the stage) must not resume the old code's finished checkpoint."""
+    import sys
+
+    import avguide.training.expert as training
+
+    (tmp_path / "trainer_code_probe.py").write_text("STEP = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(training, "TRAINING_CODE", ("trainer_code_probe",))
+    before = training.code_stamp()
+    assert training.code_stamp() == before
+    (tmp_path / "trainer_code_probe.py").write_text("STEP = 2\n")
+    assert training.code_stamp() != before
+    sys.modules.pop("trainer_code_probe", None)

@@ -14,6 +14,7 @@ dropout, so zeroed video is a state it knows), not a separate model.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import shutil
@@ -129,14 +130,25 @@ def data_stamp(dataset: AVDataset) -> str:
 
 
 EVAL_ONLY = ("beam_size", "decode_ctc_weight", "eval")  # settings that change no weight
+TRAINING_CODE = ("avguide.models.expert", "avguide.models.augment", "avguide.data.avdataset", "avguide.data.batching",
+                 "avguide.training.expert")  # the modules whose source decides what training does
+
+
+def code_stamp() -> str:
+    """A digest of the source of TRAINING_CODE: after a change to the code (DVC re-runs the stage) a checkpoint of
+    the old code, even a finished one, is not resumed."""
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
 
 
 def resume_stamp(cfg: ExpertConfig, settings: dict, trainer_cfg: dict, seed: int, train: AVDataset) -> str:
     """What a checkpoint must have been trained with to be resumed: the model, the training settings (not the
-    evaluation's: changing the beam re-decodes, it does not retrain), the trainer, the seed and the data."""
+    evaluation's: changing the beam re-decodes, it does not retrain), the trainer, the seed, the data and the code."""
     training = {k: v for k, v in settings.items() if k not in EVAL_ONLY}
     return json.dumps({"model": asdict(cfg), "settings": training, "trainer": trainer_cfg, "seed": seed,
-                       "data": data_stamp(train)}, sort_keys=True, default=list)
+                       "data": data_stamp(train), "code": code_stamp()}, sort_keys=True, default=list)
 
 
 def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, val: AVDataset | None, out: Path,
