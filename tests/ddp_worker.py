@@ -1,7 +1,5 @@
 """Run by test_training.py as its own program: Lightning's DDP launcher starts rank 1 by running this
-file again, so nothing needs pickling. Each rank writes its final weights to OUT/rank<r>.safetensors and the
-samplers its training batches came from to OUT/rank<r>.json (batched by length as the pipeline's)."""
-import json
+file again, so nothing needs pickling. Each rank writes its final weights to OUT/rank<r>.safetensors."""
 import sys
 from pathlib import Path
 
@@ -12,7 +10,6 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import items, tiny_model  # noqa: E402
 
-from avguide.data.batching import length_batches  # noqa: E402
 from avguide.data.dataset import collate  # noqa: E402
 from avguide.training.animator import AnimatorModule, make_trainer  # noqa: E402
 
@@ -24,17 +21,6 @@ class SaveRankWeights(pl.Callback):
     def on_train_end(self, trainer, module):
         state = {k: v.detach().contiguous().clone() for k, v in module.model.state_dict().items()}
         save_file(state, self.folder / f"rank{trainer.global_rank}.safetensors")
-        batches = trainer.train_dataloader.batch_sampler
-        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(
-            {"batch_sampler": type(batches).__name__, "sampler": type(batches.sampler).__name__}))
-
-
-class Clips(list):
-    """The test items with their lengths, as the corpus datasets have them."""
-
-    @property
-    def lengths(self):
-        return [len(x["vertices"]) for x in self]
 
 
 if __name__ == "__main__":
@@ -42,5 +28,4 @@ if __name__ == "__main__":
     trainer = make_trainer({"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3}, out,
                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
                            callbacks=[SaveRankWeights(out)])
-    data = Clips(items())
-    trainer.fit(AnimatorModule(tiny_model(), lr=1e-3), DataLoader(data, batch_sampler=length_batches(data, 2), collate_fn=collate))
+    trainer.fit(AnimatorModule(tiny_model(), lr=1e-3), DataLoader(items(), batch_size=2, collate_fn=collate))

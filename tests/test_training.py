@@ -36,8 +36,7 @@ def tiny_model():
 
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
-    """Two CPU processes, gloo: after a few steps both ranks hold the same weights, and they moved; each rank's
-    length-grouped batches were drawn from its DistributedSampler shard."""
+    """Two CPU processes, gloo: after a few steps both ranks hold the same weights, and they moved."""
     worker = Path(__file__).with_name("ddp_worker.py")
     run = subprocess.run([sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -47,9 +46,6 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(not torch.equal(rank0[k], before[k]) for k in rank0)
-    for r in (0, 1):
-        assert json.loads((tmp_path / f"rank{r}.json").read_text()) == {"batch_sampler": "LengthBatchSampler",
-                                                                       "sampler": "DistributedSampler"}
 
 
 def test_resume_continues_step_count_and_optimizer_state(tmp_path):

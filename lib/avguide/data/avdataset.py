@@ -88,7 +88,6 @@ class AVDataset(Dataset):
             raise CorpusError(f"{corpus.root / 'manifest.csv'}: no utterances in split {split!r}")
         self.texts = [normalize_text(str(t)) for t in self.rows["text"]]
         self.tokens = [VOCAB.encode(t) for t in self.texts]
-        self.lengths = [int(n) for n in self.rows["n_frames"]]  # video frames, for LengthBatchSampler
 
     def __len__(self) -> int:
         return len(self.rows)

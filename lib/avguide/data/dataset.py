@@ -43,7 +43,6 @@ class TalkingFaceDataset(Dataset):
         if rows.empty:
             raise CorpusError(f"{manifest}: no utterances in split {split!r}")
         self.rows = rows
-        self.lengths = [int(n) for n in rows["n_frames"]]  # motion frames, for LengthBatchSampler
 
         self.train_subjects: list[str] = sorted({str(s) for s in corpus.subjects["train"]})
         style = {s: i for i, s in enumerate(self.train_subjects)}

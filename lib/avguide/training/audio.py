@@ -23,7 +23,6 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from avguide.data.audio import load_wav
 from avguide.data.avcorpus import AVCorpus
-from avguide.data.batching import length_batches
 from avguide.data.text import VOCAB, normalize_text
 from avguide.metrics import cer, wer
 from avguide.models.expert import ctc_greedy_decode
@@ -41,7 +40,6 @@ class SpeechDataset(Dataset):
             raise ValueError(f"{corpus.root / 'manifest.csv'}: no utterances in split {split!r}")
         self.texts = [normalize_text(t) for t in rows["text"]]
         self.audio = [torch.from_numpy(load_wav(corpus.root / w)) for w in rows["wav"]]
-        self.lengths = [len(a) for a in self.audio]  # samples, for LengthBatchSampler
 
     def __len__(self) -> int:
         return len(self.audio)
@@ -136,8 +134,7 @@ def pretrain_audio(params: dict, progress: bool = True) -> dict:
     logger = DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False)
     trainer = make_trainer(cfg["trainer"], out, logger=logger, enable_progress_bar=progress, enable_checkpointing=False)
     start = time.perf_counter()
-    trainer.fit(module, DataLoader(train, batch_sampler=length_batches(train, cfg["batch_size"]), collate_fn=collate_speech),
-                DataLoader(val, **loaders))
+    trainer.fit(module, DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
     train_s = time.perf_counter() - start
     test = SpeechDataset(corpus, "test")
     hyps = transcribe_speech(model, test, cfg["batch_size"])

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
-from avguide.data.batching import length_batches
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, augment_av
 from avguide.models.checkpoint import save_checkpoint
@@ -112,8 +111,7 @@ class ThreadsFromEpoch(pl.Callback):
 
 def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    tl = DataLoader(train, batch_sampler=length_batches(train, batch_size, g, drop_last=len(train) > batch_size),
-                    collate_fn=collate_av)
+    tl = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_av, generator=g, drop_last=len(train) > batch_size)
     vl = DataLoader(val, batch_size=batch_size, collate_fn=collate_av) if val is not None else None
     return tl, vl
 
@@ -130,8 +128,7 @@ def data_stamp(dataset: AVDataset) -> str:
 
 
 EVAL_ONLY = ("beam_size", "decode_ctc_weight", "eval")  # settings that change no weight
-TRAINING_CODE = ("avguide.models.expert", "avguide.models.augment", "avguide.data.avdataset", "avguide.data.batching",
-                 "avguide.training.expert")  # the modules whose source decides what training does
+TRAINING_CODE = ("avguide.models.expert", "avguide.models.augment", "avguide.data.avdataset", "avguide.training.expert")  # the modules whose source decides what training does
 
 
 def code_stamp() -> str:

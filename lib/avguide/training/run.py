@@ -11,7 +11,6 @@ import torch
 from dvclive.lightning import DVCLiveLogger
 from torch.utils.data import DataLoader
 
-from avguide.data.batching import length_batches
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.metrics import fdd, lve, mve
@@ -85,8 +84,7 @@ def fit(module: pl.LightningModule, corpus: Corpus, cfg: dict, out: Path, epochs
     logger = DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)
     trainer = make_trainer({**cfg["trainer"], "max_epochs": epochs}, out, logger=logger, enable_progress_bar=progress,
                            enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
-    batches = length_batches(train, cfg["batch_size"])
-    trainer.fit(module, DataLoader(train, batch_sampler=batches, collate_fn=collate), DataLoader(val, **loaders))
+    trainer.fit(module, DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
 
 
 def train_animator(params: dict, name: str, progress: bool = True) -> dict:
