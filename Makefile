@@ -1,42 +1,49 @@
 # Two commands on a fresh machine: `make reproduce` (the whole pipeline) and `make test`.
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip install --quiet
+RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: setup reproduce ablation test lab bench clean-venv
+.PHONY: setup reproduce test lint format bench lab clean-venv
 
-$(STAMP): pyproject.toml
+# One stamp per install: the pipeline's packages, then the test or lab extras on top.
+$(VENV)/.stamp-base: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v 'is ignored' || true
-	$(BIN)/python -m pip install --quiet -e . 2>&1 | grep -v 'is ignored' || true
+	$(PIP) --upgrade pip 2>&1 | grep -v 'is ignored' || true
+	$(PIP) -e . 2>&1 | grep -v 'is ignored' || true
 	$(BIN)/python -c 'import avguide, torch, torchaudio'
-	touch $(STAMP)
+	touch $@
 
-setup: $(STAMP)
+$(VENV)/.stamp-%: $(VENV)/.stamp-base
+	$(PIP) -e '.[$*]' 2>&1 | grep -v 'is ignored' || true
+	touch $@
 
-# `make reproduce PARAMS=params.vocaset.yaml` (or params.biwi.yaml): the paper's settings on a GPU. The file is
-# checked first (same keys as every profile, the dataset folders it names exist), then copied over params.yaml,
-# the one file DVC reads (`git checkout params.yaml` brings the default profile back).
-PARAMS ?= params.yaml
+setup: $(VENV)/.stamp-base
+
+# `make reproduce PROFILE=vocaset` (biwi, ablation, smoke): params.yaml := the default + profiles/PROFILE.yaml,
+# checked first (every key known, every outside path it names exists); `git checkout params.yaml` goes back.
+PROFILE ?= default
 
 reproduce: setup
-ifneq ($(PARAMS),params.yaml)
-	$(BIN)/python -m avguide.params check $(PARAMS)
-	cp $(PARAMS) params.yaml
-	@echo "params.yaml is now $(PARAMS); git checkout params.yaml restores the default profile"
-endif
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m avguide.params compose $(PROFILE)
+	$(RUN) $(BIN)/dvc repro
 
-# FaceFormer's loss ablation (mse, mse+rlv, mse+av, avguide) over three seeds, on top of `make reproduce`'s
-# baselines and expert: a DVC experiment with those parameters set (see README, "AV-guided training").
-ablation: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -S 'train.animators=[faceformer]' \
-		-S 'guide.losses=[mse,mse+rlv,mse+av,avguide]' -S 'guide.seeds=[0,1,2]'
-
-test: setup
+test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider
 
-lab: setup
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff format --check lib tests benchmarks notebooks
+	$(BIN)/ruff check lib tests benchmarks notebooks
+
+format: $(VENV)/.stamp-test
+	$(BIN)/ruff format lib tests benchmarks notebooks
+	$(BIN)/ruff check --fix lib tests benchmarks notebooks
+
+# Each benchmark prints one JSON line of figures with its provenance.
+bench: setup
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+lab: $(VENV)/.stamp-lab
 	$(BIN)/jupyter lab notebooks
 
 clean-venv:

@@ -1,6 +1,5 @@
 """The evaluation report: tables pool like avguide.metrics, figures show what they say, the README block and the
 paper's parameter files."""
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ import yaml
 
 from avguide import report
 from avguide.metrics import cer, edit_distance, fdd, lve, mve, to_visemes, ver, wer
-from avguide.params import check_profile, keys, load_params, outputs
+from avguide.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPS, UPPER = [0, 1, 2], [4, 5]
@@ -139,7 +138,7 @@ def test_lip_aperture_of_a_corpus_utterance_closes_on_bilabials():
     from avguide.face.template import build_face
     from avguide.pipeline import require
 
-    params = load_params("params.smoke.yaml")
+    params = load_params(profile="smoke")
     require(params, "corpus")
     corpus = Corpus(ROOT / params["prepare"]["out"])
     phonemes = pd.read_csv(corpus.root / "phonemes.csv", keep_default_na=False)
@@ -305,7 +304,7 @@ def smoke_corpus():
     from avguide.data.corpus import Corpus
     from avguide.pipeline import require
 
-    params = load_params("params.smoke.yaml")
+    params = load_params(profile="smoke")
     require(params, "corpus")
     return Corpus(ROOT / params["prepare"]["out"])
 
@@ -337,77 +336,6 @@ def test_mouth_strips_show_the_chosen_frames(smoke_corpus):
     assert crops.shape == (2, 88, 88) and 0 <= crops.min() and crops.max() <= 1
     fig = report.plot_strips({"ground_truth": crops, "other": crops[::-1]}, ["a", "b"])
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "a"
-
-
-# ---------------------------------------------------------------- the paper's settings
-
-PROFILES = ["params.vocaset.yaml", "params.biwi.yaml"]
-PAPER = {"params.vocaset.yaml": ("vocaset", 64, 30, 30), "params.biwi.yaml": ("biwi", 128, 25, 25)}
-
-
-@pytest.mark.parametrize("name", PROFILES)
-def test_paper_profiles_have_the_default_keys_and_the_paper_values(name):
-    default, params = yaml.safe_load((ROOT / "params.yaml").read_text()), load_params(name)
-    assert keys(params) == keys(default)
-    source, dim, period, fps = PAPER[name]
-    assert params["prepare"]["source"] == source and params["prepare"][source]["fps"] == fps
-    ff = params["train"]["faceformer"]
-    assert (ff["feature_dim"], ff["period"]) == (dim, period)
-    assert params["train"]["lr"] == 1e-4 and params["train"]["trainer"]["max_epochs"] == 100
-    assert "wav2vec2-base-960h" in ff["pretrained_audio"]
-    outs = [v for k, v in outputs(params)]
-    assert all(v.startswith(f"data/{source}/") or v.startswith("data/corpus/") for v in outs), outs
-
-
-@pytest.mark.parametrize("name", PROFILES)
-def test_paper_profiles_build_valid_configs(name):
-    from avguide.losses import LossWeights
-    from avguide.models.codetalker import CodeTalkerConfig
-    from avguide.models.faceformer import FaceFormerConfig
-    from avguide.training.expert import reader_config
-
-    params = load_params(name)
-    fps = params["prepare"][params["prepare"]["source"]]["fps"]
-    for animator, cfg_cls in (("faceformer", FaceFormerConfig), ("codetalker", CodeTalkerConfig)):
-        fields = {f.name for f in dataclasses.fields(cfg_cls)}
-        assert set(params["train"][animator]) - fields <= {"epochs", "lr"}  # the trainer's keys, as build_animator
-        settings = {k: v for k, v in params["train"][animator].items() if k in fields}
-        cfg = cfg_cls(n_vertices=5023, n_subjects=8, fps=fps, **settings)
-        assert cfg.period == PAPER[name][2]
-    ct = params["train"]["codetalker"]
-    assert ct["vq_dim"] % ct["codes_per_frame"] == 0 and len(ct["epochs"]) == 2
-    reader_config(params["pretrain_expert"], "av", 25.0)
-    for loss in params["guide"]["losses"]:
-        LossWeights(**params["guide"]["weights"][loss])
-
-
-def test_check_lists_the_paths_to_fill_and_passes_once_filled(tmp_path):
-    problems = check_profile(ROOT / "params.vocaset.yaml")
-    assert any("prepare.vocaset.raw_dir is not set" in p for p in problems)
-    assert any("train.faceformer.pretrained_audio" in p for p in problems)
-    params = load_params("params.vocaset.yaml")
-    for key in ("raw_dir", "transcripts_dir", "regions_dir"):
-        params["prepare"]["vocaset"][key] = str(tmp_path)
-    params["prepare"]["vocaset"]["faces_path"] = str(tmp_path)
-    params["prepare_2d"]["lrs3"]["root"] = str(tmp_path)
-    for animator in params["train"]["animators"]:
-        params["train"][animator]["pretrained_audio"] = str(tmp_path)
-    (tmp_path / "filled.yaml").write_text(yaml.safe_dump(params))
-    assert check_profile(tmp_path / "filled.yaml") == []
-    params["eval"]["surprise"] = 1
-    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(params))
-    assert check_profile(tmp_path / "extra.yaml") == [f"{tmp_path / 'extra.yaml'}: key eval.surprise is not in params.smoke.yaml"]
-    assert check_profile(ROOT / "params.yaml") == []
-
-
-def test_make_reproduce_checks_a_profile_before_copying_it():
-    out = subprocess.run(["make", "-n", "reproduce", "PARAMS=params.biwi.yaml"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    check, copy, repro = (out.index(s) for s in ("avguide.params check params.biwi.yaml", "cp params.biwi.yaml params.yaml",
-                                                  "dvc repro"))
-    assert check < copy < repro
-    default = subprocess.run(["make", "-n", "reproduce"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "cp " not in default and "dvc repro" in default
 
 
 def paired_rows(model, seed, char_err, lve_value, utterances):

@@ -1,6 +1,7 @@
 """Training an animator (FaceFormer, CodeTalker) with Lightning: batched, masked, on any device, with DDP."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -81,4 +82,21 @@ def make_trainer(cfg: dict, root: str | Path, **overrides) -> pl.Trainer:
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"unknown trainer settings {unknown}; allowed: {sorted(allowed)}")
-    return pl.Trainer(default_root_dir=str(root), **{**cfg, **overrides})
+    callbacks = [*overrides.pop("callbacks", []), EpochLog()]
+    return pl.Trainer(default_root_dir=str(root), callbacks=callbacks, **{**cfg, **overrides})
+
+
+class EpochLog(pl.Callback):
+    """One line per training epoch on stdout, with its time and the figures logged so far: what a stage shows
+    while `make reproduce` runs it (papermill --log-output passes the notebook's output on as it comes)."""
+
+    def on_train_epoch_start(self, trainer, module):
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1)
+        seconds = time.monotonic() - self.started
+        print(f"{trainer.default_root_dir}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
+              f"({seconds:.0f} s) {figures}", flush=True)
