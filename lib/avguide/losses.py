@@ -41,7 +41,7 @@ class AVGuidance(nn.Module):
     """L_av's parts: render the predicted mouths, let the expert read them with the speech. With
     `update_expert` the expert trains jointly with the animator (as the paper); otherwise it is frozen and
     stays in evaluation mode (no dropout). Only the first `items` clips of a batch are rendered and read
-    (rendering with gradients costs ~6 ms a frame on a CPU core); None reads them all. The view's
+    (rendering with gradients is the cost: benchmarks/render.py); None reads them all. The view's
     `render_size` sets the rasterizer's resolution (avguide.render.mouth.MouthView)."""
 
     def __init__(self, expert: nn.Module, view, augment: AugmentConfig | None = None, update_expert: bool = True,
