@@ -149,7 +149,9 @@ def check(params: dict, source: str | Path) -> list[str]:
     """What stops these parameters from running: an unknown source, the outside folders they name unset or missing."""
     problems = []
     if params["prepare"]["source"] not in ("synthetic", "vocaset", "biwi"):
-        problems.append(f"{source}: prepare.source is {params['prepare']['source']!r}; expected synthetic, vocaset or biwi")
+        problems.append(
+            f"{source}: prepare.source is {params['prepare']['source']!r}; expected synthetic, vocaset or biwi"
+        )
     for key in _paths_to_fill(params):
         value = _value(params, key)
         if not value:
@@ -159,8 +161,9 @@ def check(params: dict, source: str | Path) -> list[str]:
     return problems
 
 
-USAGE = """usage: python -m avguide.params compose NAME   params.yaml := the default + profiles/NAME.yaml (checked first)
-       python -m avguide.params check [NAME]    what stops params.yaml (or it with profile NAME) from running"""
+USAGE = """usage:
+  python -m avguide.params compose NAME   params.yaml := the default + profiles/NAME.yaml (checked first)
+  python -m avguide.params check [NAME]    what stops params.yaml (or it with profile NAME) from running"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
 """WAV input/output at the project's sample rate (16 kHz mono), with explicit conversion."""
+
 from __future__ import annotations
 
 import logging

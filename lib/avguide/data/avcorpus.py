@@ -9,6 +9,7 @@ preprocessed LRS3 mouth crops, so the same reader serves both)::
     wav/<speaker>/<utt>.wav           16 kHz mono
     text/<speaker>/<utt>.txt          the transcript
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,9 +89,18 @@ def index_lrs3(root: str | Path, out_dir: str | Path, val_fraction: float = 0.05
             skipped += 1
             continue
         frames, _ = read_video(video)
-        rows.append(dict(utterance=f"{subset}/{speaker}/{video.stem}", speaker=speaker,
-                         split="test" if subset == "test" else "train", text=read_lrs3_text(txt),
-                         n_frames=len(frames), fps=fps, video=video.as_posix(), wav=wav.as_posix()))
+        rows.append(
+            dict(
+                utterance=f"{subset}/{speaker}/{video.stem}",
+                speaker=speaker,
+                split="test" if subset == "test" else "train",
+                text=read_lrs3_text(txt),
+                n_frames=len(frames),
+                fps=fps,
+                video=video.as_posix(),
+                wav=wav.as_posix(),
+            )
+        )
     if not rows:
         raise CorpusError(f"{root}: no <subset>/<speaker>/<id>.mp4 crops found")
     m = pd.DataFrame(rows)

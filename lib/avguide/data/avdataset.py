@@ -5,6 +5,7 @@ process (the concat demuxer) and splits the frame stream by the manifest's `n_fr
 whose total does not match are decoded one by one instead. Frames stay uint8 (88x88x40 frames ~ 0.3 MB per
 utterance), audio float32.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,6 @@ from avguide.data.audio import load_wav
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.corpus import SPLITS, CorpusError, check_av_lengths
 from avguide.data.text import VOCAB, normalize_text
-from avguide.render.video import read_video
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def _decode_concat(paths: list[Path]) -> np.ndarray:
         for p in paths:
             listing.write("file '" + p.resolve().as_posix().replace("'", r"'\''") + "'\n")
         listing.flush()
-        reader = imageio_ffmpeg.read_frames(listing.name, pix_fmt="gray", bpp=1,
-                                            input_params=["-f", "concat", "-safe", "0"])
+        reader = imageio_ffmpeg.read_frames(
+            listing.name, pix_fmt="gray", bpp=1, input_params=["-f", "concat", "-safe", "0"]
+        )
         width, height = next(reader)["size"]
         return np.stack([np.frombuffer(buf, np.uint8).reshape(height, width) for buf in reader])
 
@@ -47,27 +48,38 @@ def _decode_speaker(corpus: AVCorpus, rows) -> dict[str, tuple[np.ndarray, np.nd
     except (RuntimeError, OSError, StopIteration, ValueError):
         frames = None
     if frames is None or len(frames) != counts.sum():
-        log.warning("%s: speaker %s decoded as one stream gave %s frames, the manifest says %d; decoding clip by clip",
-                    corpus.root, rows["speaker"].iloc[0], None if frames is None else len(frames), counts.sum())
+        log.warning(
+            "%s: speaker %s decoded as one stream gave %s frames, the manifest says %d; decoding clip by clip",
+            corpus.root,
+            rows["speaker"].iloc[0],
+            None if frames is None else len(frames),
+            counts.sum(),
+        )
         return {u: corpus.load(u) for u in rows["utterance"]}
     out, start = {}, 0
     for (_, row), n in zip(rows.iterrows(), counts):
         wav_path = corpus.root / row["wav"]
         audio = load_wav(wav_path)
         check_av_lengths(wav_path, len(audio), int(n), float(row["fps"]))
-        out[row["utterance"]] = (frames[start:start + n], audio)
+        out[row["utterance"]] = (frames[start : start + n], audio)
         start += n
     return out
 
 
-def decode_corpus(corpus: AVCorpus, splits=SPLITS, workers: int = 2, progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def decode_corpus(
+    corpus: AVCorpus, splits=SPLITS, workers: int = 2, progress: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{utterance: ((T, H, W) uint8 video, 16 kHz float32 audio)} for every utterance of `splits`."""
     m = corpus.manifest[corpus.manifest["split"].isin(list(splits))]
     groups = [rows for _, rows in m.groupby("speaker", sort=True)]
     start, out = time.perf_counter(), {}
     with ThreadPoolExecutor(workers) as pool:
-        for part in tqdm(pool.map(lambda rows: _decode_speaker(corpus, rows), groups), total=len(groups),
-                         desc=f"decoding {len(m)} clips of {len(groups)} speakers", disable=not progress):
+        for part in tqdm(
+            pool.map(lambda rows: _decode_speaker(corpus, rows), groups),
+            total=len(groups),
+            desc=f"decoding {len(m)} clips of {len(groups)} speakers",
+            disable=not progress,
+        ):
             out.update(part)
     log.info("decoded %d clips in %.1f s", len(out), time.perf_counter() - start)
     return out
@@ -95,16 +107,21 @@ class AVDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         utt = self.rows["utterance"].iloc[i]
         video, audio = self.clips[utt] if self.clips is not None and utt in self.clips else self.corpus.load(utt)
-        return {"utterance": utt, "speaker": self.rows["speaker"].iloc[i], "video": torch.from_numpy(np.ascontiguousarray(video)),
-                "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)), "text": self.texts[i],
-                "tokens": torch.tensor(self.tokens[i], dtype=torch.long)}
+        return {
+            "utterance": utt,
+            "speaker": self.rows["speaker"].iloc[i],
+            "video": torch.from_numpy(np.ascontiguousarray(video)),
+            "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)),
+            "text": self.texts[i],
+            "tokens": torch.tensor(self.tokens[i], dtype=torch.long),
+        }
 
 
 def _pad(seqs: list[torch.Tensor], value=0) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = seqs[0].new_full((len(seqs), int(lengths.max()), *seqs[0].shape[1:]), value)
     for b, s in enumerate(seqs):
-        out[b, :len(s)] = s
+        out[b, : len(s)] = s
     return out, lengths
 
 
@@ -120,6 +137,14 @@ def collate_av(batch: list[dict]) -> dict:
     audio, audio_lengths = _pad([item["audio"] for item in batch])
     tokens, token_lengths = _pad([item["tokens"] for item in batch], VOCAB.pad)
     video = video.float() / 255 if video.dtype == torch.uint8 else video.float()
-    return {"video": video, "video_lengths": video_lengths, "audio": audio, "audio_lengths": audio_lengths,
-            "tokens": tokens, "token_lengths": token_lengths, "utterances": [item["utterance"] for item in batch],
-            "speakers": [item["speaker"] for item in batch], "texts": [item["text"] for item in batch]}
+    return {
+        "video": video,
+        "video_lengths": video_lengths,
+        "audio": audio,
+        "audio_lengths": audio_lengths,
+        "tokens": tokens,
+        "token_lengths": token_lengths,
+        "utterances": [item["utterance"] for item in batch],
+        "speakers": [item["speaker"] for item in batch],
+        "texts": [item["text"] for item in batch],
+    }

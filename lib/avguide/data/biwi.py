@@ -17,6 +17,7 @@ replaces the default.
 
 templates.pkl is unpickled (pickle can run code): it is only read from the folder you pass.
 """
+
 from __future__ import annotations
 
 import logging

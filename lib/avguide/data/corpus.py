@@ -11,6 +11,7 @@ Layout of a corpus root (what the synthetic generator and the VOCASET / BIWI rea
 
 Everything written is a safe format (CSV, WAV, NPY, NPZ without pickles).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,7 @@ class Topology:
         np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> "Topology":
+    def load(cls, path: Path) -> Topology:
         path = Path(path)
         if not path.is_file():
             raise CorpusError(f"{path}: mesh topology file not found")
@@ -129,8 +130,10 @@ class Corpus:
         self.n_vertices = next(iter(self.templates.values())).shape[0]
         for name, t in self.templates.items():
             if t.shape != (self.n_vertices, 3):
-                raise CorpusError(f"{self.root / 'templates.npz'}: template of {name!r} has shape {t.shape}, "
-                                  f"expected ({self.n_vertices}, 3) like the others")
+                raise CorpusError(
+                    f"{self.root / 'templates.npz'}: template of {name!r} has shape {t.shape}, "
+                    f"expected ({self.n_vertices}, 3) like the others"
+                )
         if self.topology.faces.size and self.topology.faces.max() >= self.n_vertices:
             raise CorpusError(
                 f"{self.root / 'topology.npz'}: faces index vertex {self.topology.faces.max()}, "
@@ -152,8 +155,15 @@ class Corpus:
         """Subjects, utterances, frames and minutes of motion per split."""
         m = self.manifest.assign(seconds=self.manifest["n_frames"] / self.manifest["fps"])
         g = m.groupby("split")
-        out = pd.DataFrame({"subjects": g["subject"].nunique(), "utterances": g.size(), "frames": g["n_frames"].sum(),
-                            "minutes": (g["seconds"].sum() / 60).round(2), "mean_s": g["seconds"].mean().round(2)})
+        out = pd.DataFrame(
+            {
+                "subjects": g["subject"].nunique(),
+                "utterances": g.size(),
+                "frames": g["n_frames"].sum(),
+                "minutes": (g["seconds"].sum() / 60).round(2),
+                "mean_s": g["seconds"].mean().round(2),
+            }
+        )
         return out.reindex([s for s in SPLITS if s in out.index])
 
     def row(self, utterance: str) -> pd.Series:
@@ -175,8 +185,10 @@ class Corpus:
         wav_path, vert_path = self.root / row["wav"], self.root / row["vertices"]
         audio, vertices = load_wav(wav_path), load_vertices(vert_path, self.n_vertices)
         if len(vertices) != int(row["n_frames"]):
-            raise CorpusError(f"{vert_path}: {len(vertices)} frames, but {self.root / 'manifest.csv'} "
-                              f"says n_frames={row['n_frames']} for {utterance!r}")
+            raise CorpusError(
+                f"{vert_path}: {len(vertices)} frames, but {self.root / 'manifest.csv'} "
+                f"says n_frames={row['n_frames']} for {utterance!r}"
+            )
         try:
             check_av_lengths(wav_path, len(audio), len(vertices), float(row["fps"]))
         except CorpusError as e:

@@ -1,4 +1,5 @@
 """A torch Dataset over one split of a `Corpus`, and the collate function that batches it."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The `prepare` and `prepare_2d` stages: build the 3D and the 2D audio-visual corpora from their sources."""
+
 from __future__ import annotations
 
 import shutil

@@ -10,6 +10,7 @@
 A pickle can run code while it is loaded: `load_pickle` is only ever called on files the user passed
 to a reader. Everything the readers write is CSV, JSON, WAV, NPY or NPZ (no pickles).
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ which the phoneme starts in the synthesised audio, so the timings are exact, not
 library is process-global state, so calls are serialised by a lock, and its random generators are
 seeded before every call.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -64,7 +65,9 @@ class _Espeak:
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
         data = espeakng_loader.get_data_path().encode()
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT)
+        self.rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT
+        )
         if self.rate <= 0:
             raise RuntimeError(f"libespeak-ng failed to initialise with data at {data.decode()}")
         self._chunks: list[np.ndarray] = []

@@ -5,6 +5,7 @@ has variation the audio does not determine (articulation strength, viseme timing
 hypo-articulation), so a vertex-MSE model regresses to the mean as it does on real data. The corpus
 is a pure function of the configuration and the seed: the same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,7 @@ class SyntheticConfig:
     style: StyleRanges = field(default_factory=StyleRanges)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SyntheticConfig":
+    def from_dict(cls, d: dict) -> SyntheticConfig:
         return config_from_dict(cls, d)
 
 
@@ -139,14 +140,19 @@ def make_subjects(cfg: SyntheticConfig, prefix: str = "synth") -> list[Subject]:
                 mouth_width=float(rng.uniform(0.88, 1.12)),
                 lip_thickness=float(rng.uniform(0.8, 1.25)),
             )
-            subjects.append(Subject(
-                name=f"{prefix}{k + 1:0{digits}d}", split=split, voice=voice, shape=shape,
-                gain=float(rng.uniform(*st.gain)),
-                asymmetry=float(rng.uniform(-st.asymmetry, st.asymmetry)),
-                av_lag_s=float(rng.uniform(-st.av_lag_s, st.av_lag_s)),
-                blink_rate_hz=float(rng.uniform(*st.blink_rate_hz)),
-                brow_amplitude=float(rng.uniform(*st.brow_amplitude)),
-            ))
+            subjects.append(
+                Subject(
+                    name=f"{prefix}{k + 1:0{digits}d}",
+                    split=split,
+                    voice=voice,
+                    shape=shape,
+                    gain=float(rng.uniform(*st.gain)),
+                    asymmetry=float(rng.uniform(-st.asymmetry, st.asymmetry)),
+                    av_lag_s=float(rng.uniform(-st.av_lag_s, st.av_lag_s)),
+                    blink_rate_hz=float(rng.uniform(*st.blink_rate_hz)),
+                    brow_amplitude=float(rng.uniform(*st.brow_amplitude)),
+                )
+            )
             k += 1
     return subjects
 
@@ -164,8 +170,9 @@ def non_speech_motion(times: np.ndarray, subject: Subject, rng: np.random.Genera
     return np.stack([blink, subject.brow_amplitude * brow], 1)
 
 
-def speak_and_move(text: str, subject: Subject, rig: Rig, cfg: SyntheticConfig, rng: np.random.Generator,
-                   where: str = ""):
+def speak_and_move(
+    text: str, subject: Subject, rig: Rig, cfg: SyntheticConfig, rng: np.random.Generator, where: str = ""
+):
     """One utterance: audio (16 kHz), vertices (T, V, 3), rig parameters (T, 8), phoneme segments."""
     speech = synthesize(text, subject.voice, seed=int(rng.integers(2**31)))
     duration = len(speech.audio) / SAMPLE_RATE
@@ -194,12 +201,31 @@ def _write_subject(out: Path, cfg: SyntheticConfig, si: int) -> tuple[list[dict]
         audio, verts, _, phonemes = speak_and_move(text, subj, rig, cfg, rng, where=f"utterance {utt} ({text!r})")
         save_wav(out / "wav" / f"{utt}.wav", audio)
         np.save(out / "vertices_npy" / f"{utt}.npy", verts.reshape(len(verts), -1))
-        rows.append(dict(utterance=utt, subject=subj.name, sentence=f"sentence{ui + 1:02d}", split=subj.split,
-                         text=text, n_frames=len(verts), fps=cfg.fps, wav=f"wav/{utt}.wav",
-                         vertices=f"vertices_npy/{utt}.npy", duration_s=round(len(audio) / SAMPLE_RATE, 4)))
+        rows.append(
+            dict(
+                utterance=utt,
+                subject=subj.name,
+                sentence=f"sentence{ui + 1:02d}",
+                split=subj.split,
+                text=text,
+                n_frames=len(verts),
+                fps=cfg.fps,
+                wav=f"wav/{utt}.wav",
+                vertices=f"vertices_npy/{utt}.npy",
+                duration_s=round(len(audio) / SAMPLE_RATE, 4),
+            )
+        )
         for k, (ph, start, end) in enumerate(phonemes):
-            phoneme_rows.append(dict(utterance=utt, index=k, phoneme=ph, viseme="+".join(table.of(ph)),
-                                     start_s=round(start, 6), end_s=round(end, 6)))
+            phoneme_rows.append(
+                dict(
+                    utterance=utt,
+                    index=k,
+                    phoneme=ph,
+                    viseme="+".join(table.of(ph)),
+                    start_s=round(start, 6),
+                    end_s=round(end, 6),
+                )
+            )
     return rows, phoneme_rows
 
 
@@ -229,8 +255,9 @@ def build_corpus(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = Tru
     meshes = {s.name: build_face(s.shape) for s in subjects}
     save_templates(out / "templates.npz", {name: m.vertices for name, m in meshes.items()})
     mesh = next(iter(meshes.values()))
-    Topology(faces=mesh.faces, lip_ids=mesh.lip_ids, upper_face_ids=mesh.upper_face_ids,
-             albedo=mesh.albedo, part=mesh.part).save(out / "topology.npz")
+    Topology(
+        faces=mesh.faces, lip_ids=mesh.lip_ids, upper_face_ids=mesh.upper_face_ids, albedo=mesh.albedo, part=mesh.part
+    ).save(out / "topology.npz")
     meta = {"config": asdict(cfg), "subjects": [asdict(s) for s in subjects], "n_vertices": int(len(mesh.vertices))}
     (out / "subjects.json").write_text(json.dumps(meta, indent=1, default=list) + "\n")
     log.info("wrote %d utterances of %d subjects to %s", len(rows), len(subjects), out)

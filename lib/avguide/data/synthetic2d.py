@@ -6,6 +6,7 @@ variation the 3D renders do not have (small head-pose jitter, blur, sensor noise
 auto-AVSR preprocessed-LRS3 convention read by `avguide.data.avcorpus.AVCorpus`. Deterministic from the
 seed: each identity is made in a fresh process (see avguide.data.synthetic.build_corpus).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,20 @@ from tqdm.auto import tqdm
 
 from avguide.data.audio import SAMPLE_RATE, save_wav
 from avguide.data.avcorpus import AV_COLUMNS
-from avguide.data.synthetic import (StyleRanges, SyntheticConfig, Variation, config_from_dict, make_subjects,
-                                    sample_sentences, speak_and_move)
+from avguide.data.synthetic import (
+    StyleRanges,
+    SyntheticConfig,
+    Variation,
+    config_from_dict,
+    make_subjects,
+    sample_sentences,
+    speak_and_move,
+)
 from avguide.face.rig import Rig
 from avguide.face.template import PARTS, build_face
 from avguide.render import RasterSettings, ShaderSettings, mouth_camera, render_mouth
 from avguide.render.filters import gaussian_blur
 from avguide.render.video import write_videos
-
 
 RENDER_CHUNK = 8  # frames per renderer call
 GROUP = 5  # identities made in one process: amortises start-up; fixed, so the corpus does not depend on workers
@@ -63,13 +70,19 @@ class Synthetic2DConfig:
     look: Look = field(default_factory=Look)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Synthetic2DConfig":
+    def from_dict(cls, d: dict) -> Synthetic2DConfig:
         return config_from_dict(cls, d)
 
     def speech_config(self) -> SyntheticConfig:
         """The 3D corpus machinery, on another random stream so the identities differ from the 3D subjects."""
-        return SyntheticConfig(seed=self.seed + 1_000_003, subjects=self.identities, sentences_per_subject=self.sentences_per_identity,
-                               fps=self.fps, variation=self.variation, style=self.style)
+        return SyntheticConfig(
+            seed=self.seed + 1_000_003,
+            subjects=self.identities,
+            sentences_per_subject=self.sentences_per_identity,
+            fps=self.fps,
+            variation=self.variation,
+            style=self.style,
+        )
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, dims: int, sd: float, frames_per_knot: int = 12) -> np.ndarray:
@@ -86,14 +99,18 @@ def jitter_pose(vertices: np.ndarray, rng: np.random.Generator, sd_deg: float) -
     centre = np.array([0.0, 0.02, -0.06], np.float32)
     for k, (yaw, pitch, roll) in enumerate(angles):
         cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
-        rot = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]]) \
+        rot = (
+            np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+            @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
             @ np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+        )
         out[k] = (vertices[k] - centre) @ rot.T.astype(np.float32) + centre
     return out
 
 
-def degrade(images: torch.Tensor, rng: np.random.Generator, blur_sigma: float, noise_sd: float,
-            shift: np.ndarray) -> np.ndarray:
+def degrade(
+    images: torch.Tensor, rng: np.random.Generator, blur_sigma: float, noise_sd: float, shift: np.ndarray
+) -> np.ndarray:
     """Sub-pixel shift, Gaussian blur and sensor noise on (T, H, W) images in 0..1; returns uint8."""
     t, h, w = images.shape
     theta = torch.zeros(t, 2, 3)
@@ -113,10 +130,14 @@ def _identity_look(cfg: Synthetic2DConfig, k: int) -> dict:
     lk = cfg.look
     az = np.deg2rad(rng.uniform(-lk.light_azimuth_deg, lk.light_azimuth_deg))
     el = np.deg2rad(rng.uniform(*lk.light_elevation_deg))
-    return dict(skin_albedo=float(rng.uniform(*lk.skin_albedo)), lip_contrast=float(rng.uniform(*lk.lip_contrast)),
-                light_direction=(float(np.sin(az) * np.cos(el)), float(np.sin(el)), float(np.cos(az) * np.cos(el))),
-                blur_sigma_px=float(rng.uniform(*lk.blur_sigma_px)), noise_sd=float(rng.uniform(*lk.noise_sd)),
-                source_px=int(rng.integers(lk.source_px[0], lk.source_px[1] + 1)))
+    return dict(
+        skin_albedo=float(rng.uniform(*lk.skin_albedo)),
+        lip_contrast=float(rng.uniform(*lk.lip_contrast)),
+        light_direction=(float(np.sin(az) * np.cos(el)), float(np.sin(el)), float(np.cos(az) * np.cos(el))),
+        blur_sigma_px=float(rng.uniform(*lk.blur_sigma_px)),
+        noise_sd=float(rng.uniform(*lk.noise_sd)),
+        source_px=int(rng.integers(lk.source_px[0], lk.source_px[1] + 1)),
+    )
 
 
 def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
@@ -143,32 +164,52 @@ def _write_identity(out: Path, cfg: Synthetic2DConfig, k: int) -> list[dict]:
         verts = jitter_pose(verts, rng, cfg.look.pose_jitter_deg)
         with torch.no_grad():  # in chunks: small tensors are recycled by the allocator instead of page-faulted anew
             v = torch.from_numpy(verts)
-            images = torch.cat([render_mouth(v[k:k + RENDER_CHUNK], painted, camera, raster, shader)
-                                for k in range(0, len(v), RENDER_CHUNK)])
+            images = torch.cat(
+                [
+                    render_mouth(v[k : k + RENDER_CHUNK], painted, camera, raster, shader)
+                    for k in range(0, len(v), RENDER_CHUNK)
+                ]
+            )
             if look["source_px"] != cfg.image_size:
-                images = torch.nn.functional.interpolate(images[:, None], size=(cfg.image_size,) * 2, mode="bilinear",
-                                                         align_corners=False, antialias=True)[:, 0]
-        frames = degrade(images, rng, look["blur_sigma_px"], look["noise_sd"],
-                         _smooth_noise(rng, len(verts), 2, cfg.look.shift_px))
+                images = torch.nn.functional.interpolate(
+                    images[:, None], size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+                )[:, 0]
+        frames = degrade(
+            images, rng, look["blur_sigma_px"], look["noise_sd"], _smooth_noise(rng, len(verts), 2, cfg.look.shift_px)
+        )
         rel = f"{ident.name}/{utt}"
         clips.append(frames)
         for sub in ("wav", "text"):
             (out / sub / ident.name).mkdir(parents=True, exist_ok=True)
         save_wav(out / "wav" / f"{rel}.wav", audio)
         (out / "text" / f"{rel}.txt").write_text(text + "\n")
-        rows.append(dict(utterance=utt, speaker=ident.name, split=ident.split, text=text, n_frames=len(frames),
-                         fps=cfg.fps, video=f"video/{rel}.mp4", wav=f"wav/{rel}.wav",
-                         duration_s=round(len(audio) / SAMPLE_RATE, 4)))
+        rows.append(
+            dict(
+                utterance=utt,
+                speaker=ident.name,
+                split=ident.split,
+                text=text,
+                n_frames=len(frames),
+                fps=cfg.fps,
+                video=f"video/{rel}.mp4",
+                wav=f"wav/{rel}.wav",
+                duration_s=round(len(audio) / SAMPLE_RATE, 4),
+            )
+        )
     write_videos([out / r["video"] for r in rows], clips, cfg.fps)
     return rows
 
 
 def _write_group(out: Path, cfg: Synthetic2DConfig, identities: range) -> list[dict]:
-    """A fixed group of identities, in order, in one fresh process (the group, not the worker count, fixes the bytes)."""
+    """A fixed group of identities, in order, in one fresh process.
+
+    The group, not the worker count, fixes the bytes."""
     return [row for k in identities for row in _write_identity(out, cfg, k)]
 
 
-def build_av_corpus(out_dir: str | Path, cfg: Synthetic2DConfig, progress: bool = True, workers: int | None = None) -> Path:
+def build_av_corpus(
+    out_dir: str | Path, cfg: Synthetic2DConfig, progress: bool = True, workers: int | None = None
+) -> Path:
     """Write the synthetic 2D audio-visual corpus (see the module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,13 +219,17 @@ def build_av_corpus(out_dir: str | Path, cfg: Synthetic2DConfig, progress: bool 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
         jobs = [pool.submit(_write_group, out, cfg, g) for g in groups]
-        for _ in tqdm(as_completed(jobs), total=len(jobs), desc=f"synth2d groups of {GROUP} identities",
-                      disable=not progress):
+        for _ in tqdm(
+            as_completed(jobs), total=len(jobs), desc=f"synth2d groups of {GROUP} identities", disable=not progress
+        ):
             pass
         rows = [r for job in jobs for r in job.result()]
     m = pd.DataFrame(rows)
     m[AV_COLUMNS + ["duration_s"]].to_csv(out / "manifest.csv", index=False, lineterminator="\n")
     identities = make_subjects(cfg.speech_config(), prefix="id")
-    meta = {"config": asdict(cfg), "identities": [dict(asdict(s), look=_identity_look(cfg, k)) for k, s in enumerate(identities)]}
+    meta = {
+        "config": asdict(cfg),
+        "identities": [dict(asdict(s), look=_identity_look(cfg, k)) for k, s in enumerate(identities)],
+    }
     (out / "identities.json").write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return out

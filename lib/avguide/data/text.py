@@ -11,6 +11,7 @@ Token ids::
 Transcripts are normalised with `normalize_text` before `VOCAB.encode`; `encode` refuses anything
 else, so no character is ever silently dropped.
 """
+
 from __future__ import annotations
 
 import re

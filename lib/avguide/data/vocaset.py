@@ -25,6 +25,7 @@ Splits by subject, FaceFormer's table (`VOCASET_SPLITS`), or `splits` = {split: 
 The pickles are unpickled (pickle can run code): they are only read from the folders you pass.
 Everything written is WAV/NPY/NPZ/CSV/JSON; prepare_report.json counts written, skipped and trimmed items.
 """
+
 from __future__ import annotations
 
 import logging

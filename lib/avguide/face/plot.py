@@ -1,12 +1,21 @@
 """Quick matplotlib drawings of a mesh (painter's algorithm, Lambert shading) for notebooks and reports."""
+
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.collections import PolyCollection
 
 
-def draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, albedo: np.ndarray | None = None,
-              light=(0.3, 0.4, 1.0), xlim=None, ylim=None, title: str | None = None):
+def draw_mesh(
+    ax,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    albedo: np.ndarray | None = None,
+    light=(0.3, 0.4, 1.0),
+    xlim=None,
+    ylim=None,
+    title: str | None = None,
+):
     """Draw a frontal orthographic view of a mesh on a matplotlib axis."""
     v = np.asarray(vertices, np.float64)
     tri = v[faces]
@@ -30,19 +39,25 @@ def draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, albedo: np.ndarray | 
     return ax
 
 
-def plot_utterance(audio: np.ndarray, phonemes, opening: np.ndarray, fps: float, sample_rate: int = 16000,
-                   title: str = ""):
-    """Waveform, phoneme timeline and lip opening on one time axis. `phonemes`: rows with phoneme, viseme, start_s, end_s."""
+def plot_utterance(
+    audio: np.ndarray, phonemes, opening: np.ndarray, fps: float, sample_rate: int = 16000, title: str = ""
+):
+    """Waveform, phoneme timeline and lip opening on one time axis.
+
+    `phonemes`: rows with phoneme, viseme, start_s, end_s."""
     import matplotlib.pyplot as plt
 
-    fig, (ax_w, ax_p, ax_o) = plt.subplots(3, 1, figsize=(11, 5.5), sharex=True,
-                                           gridspec_kw={"height_ratios": [2, 1, 2]})
+    fig, (ax_w, ax_p, ax_o) = plt.subplots(
+        3, 1, figsize=(11, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1, 2]}
+    )
     t_audio = np.arange(len(audio)) / sample_rate
     ax_w.plot(t_audio, audio, lw=0.4, color="0.3")
     ax_w.set_ylabel("audio")
     ax_w.set_title(title)
     for k, row in enumerate(phonemes.itertuples()):
-        colour = "tab:red" if row.viseme == "PP" else ("tab:blue" if row.viseme.startswith(("aa", "oh", "E")) else "0.7")
+        colour = (
+            "tab:red" if row.viseme == "PP" else ("tab:blue" if row.viseme.startswith(("aa", "oh", "E")) else "0.7")
+        )
         ax_p.axvspan(row.start_s, row.end_s, color=colour, alpha=0.25 + 0.15 * (k % 2))
         ax_p.text((row.start_s + row.end_s) / 2, 0.5, row.phoneme, ha="center", va="center", fontsize=7)
     ax_p.set_yticks([])
@@ -69,7 +84,7 @@ def plot_visemes(mesh, window=((-0.035, 0.035), (-0.03, 0.02))):
     poses = rig.pose(params)
     cols = 5
     fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(2.6 * cols, 2.0 * -(-len(names) // cols)))
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_axis_off()
     for ax, name, verts in zip(axes.flat, names, poses):
         draw_mesh(ax, verts, mesh.faces, mesh.albedo, xlim=window[0], ylim=window[1], title=name)

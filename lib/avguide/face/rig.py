@@ -9,6 +9,7 @@ lips, spreading widens them. Closure is applied last and is exact: at closure 1 
 the whole inner contour whatever the jaw does (a bilabial closes the lips), the upper lip taking
 `UPPER_SHARE` of the way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -12,6 +12,7 @@ opening sit upper and lower teeth and a dark mouth interior, so an open mouth sh
 darkness. The surface has a nose, eye sockets, brows, cheeks and chin, so full-face renders read as
 a face and blinks and brow motion have somewhere to happen.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class FaceMesh:
         return N_ROLL
 
     def contour_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertex ids of the inner-lip contour: upper lip and the lower-lip partner below each, from the right corner to the left."""
+        """Vertex ids of the inner-lip contour: upper lip and the lower-lip partner below each,
+        from the right corner to the left."""
         j_up = np.arange(1, N_ANGLES // 2)
         j_low = N_ANGLES - j_up
         return self.inner_ring * N_ANGLES + j_up, self.inner_ring * N_ANGLES + j_low
@@ -80,7 +82,7 @@ class FaceMesh:
 def face_depth(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Depth of the face surface (without lips) at (x, y)."""
     ax = np.abs(x)
-    g = lambda cx, cy, sx, sy: np.exp(-(((ax if cx else x) - cx) / sx) ** 2 - ((y - cy) / sy) ** 2)  # noqa: E731
+    g = lambda cx, cy, sx, sy: np.exp(-((((ax if cx else x) - cx) / sx) ** 2) - ((y - cy) / sy) ** 2)  # noqa: E731
     head = 0.09 * np.sqrt(np.clip(1 - (x / 0.085) ** 2 - ((y - 0.02) / 0.13) ** 2, 0, None)) - 0.09
     return (
         head
@@ -176,7 +178,9 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
 
     n_face, n_tooth, n_mouth = len(face), 64, 14 * 12
     vertices = np.concatenate(blocks).astype(np.float32)
-    part = np.concatenate([part, np.full(2 * n_tooth, PARTS["teeth"], np.int8), np.full(n_mouth, PARTS["mouth"], np.int8)])
+    part = np.concatenate(
+        [part, np.full(2 * n_tooth, PARTS["teeth"], np.int8), np.full(n_mouth, PARTS["mouth"], np.int8)]
+    )
     albedo = np.concatenate([albedo, np.full(2 * n_tooth, ALBEDO["teeth"]), np.full(n_mouth, ALBEDO["mouth"])])
     pad = np.full(2 * n_tooth + n_mouth, -1)
     teeth_lower = np.zeros(len(vertices), bool)

@@ -6,6 +6,7 @@ targets, with dominance decaying away from each target's centre. High dominance 
 p/b/m, lower-lip tuck of f/v) means the target is reached whatever its neighbours do; low dominance
 (the lips during k, t, n) means the lips take the shape of the neighbouring vowels.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,14 @@ def viseme_keys(phonemes: list[tuple[str, float, float]], where: str = "", table
     return keys
 
 
-def articulate(keys, times: np.ndarray, gain: float = 1.0, jitter_s: float = 0.0,
-               rng: np.random.Generator | None = None, table: VisemeTable | None = None) -> np.ndarray:
+def articulate(
+    keys,
+    times: np.ndarray,
+    gain: float = 1.0,
+    jitter_s: float = 0.0,
+    rng: np.random.Generator | None = None,
+    table: VisemeTable | None = None,
+) -> np.ndarray:
     """(T, 6) speech parameters at `times` (seconds) from viseme keys.
 
     gain scales the free articulators (jaw, rounding, spreading, upper-lip raise) and leaves contacts

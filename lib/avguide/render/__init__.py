@@ -1,4 +1,5 @@
 """Differentiable mesh rendering in plain PyTorch: camera -> rasterizer -> shader."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,12 +26,19 @@ __all__ = [
 
 
 class MeshRenderer(nn.Module):
-    def __init__(self, camera: OrthoCamera, raster_settings: RasterSettings | None = None, shader_settings: ShaderSettings | None = None):
+    def __init__(
+        self,
+        camera: OrthoCamera,
+        raster_settings: RasterSettings | None = None,
+        shader_settings: ShaderSettings | None = None,
+    ):
         super().__init__()
         self.camera = camera
         self.raster_settings = raster_settings or RasterSettings(image_size=camera.image_size)
         if self.raster_settings.hw != camera.image_size:
-            raise ValueError(f"raster image_size {self.raster_settings.hw} does not match the camera's {camera.image_size}")
+            raise ValueError(
+                f"raster image_size {self.raster_settings.hw} does not match the camera's {camera.image_size}"
+            )
         self.shader_settings = shader_settings or ShaderSettings()
 
     def forward(self, vertices: torch.Tensor, faces: torch.Tensor, albedo: torch.Tensor) -> torch.Tensor:
@@ -47,7 +55,13 @@ class MeshRenderer(nn.Module):
         return shade(frags, vertices, faces, albedo, self.shader_settings, self.raster_settings.blur_sigma)
 
 
-def render_mouth(vertices, mesh, camera: OrthoCamera, raster_settings: RasterSettings | None = None, shader_settings: ShaderSettings | None = None) -> torch.Tensor:
+def render_mouth(
+    vertices,
+    mesh,
+    camera: OrthoCamera,
+    raster_settings: RasterSettings | None = None,
+    shader_settings: ShaderSettings | None = None,
+) -> torch.Tensor:
     """Render (B, V, 3) or (V, 3) vertices (tensor or array) with `mesh`'s faces and albedo through `camera`."""
     v = torch.as_tensor(np.asarray(vertices, np.float32) if not torch.is_tensor(vertices) else vertices)
     single = v.ndim == 2

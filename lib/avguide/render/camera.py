@@ -1,4 +1,5 @@
 """Orthographic cameras: world metres -> pixel coordinates (x right, y down), depth kept (larger z = closer)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ class OrthoCamera:
         return self.width / (2 * self.half_width)
 
     def transform(self, verts: torch.Tensor) -> torch.Tensor:
-        """(..., 3) world vertices -> (..., 3) screen: pixel x, pixel y (pixel (i, j) has centre (j + .5, i + .5)), world z."""
+        """(..., 3) world vertices -> (..., 3) screen: pixel x, pixel y, world z.
+
+        Pixel (i, j) has its centre at (j + .5, i + .5)."""
         x = (verts[..., 0] - self.center[0]) * (self.width / (2 * self.half_width)) + self.width / 2
         y = (self.center[1] - verts[..., 1]) * (self.height / (2 * self.half_height)) + self.height / 2
         return torch.stack([x, y, verts[..., 2]], -1)

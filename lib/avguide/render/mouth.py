@@ -1,5 +1,6 @@
 """Mouth-crop renders of a 3D corpus' meshes, framed and painted as the 2D corpus frames its identities,
 so the lip-reading expert sees animator output the way it saw its training data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ class MouthView:
         """(T, V, 3) vertices of a subject with this template -> (T, H, W) grey frames in [0, 1]."""
         render = self.renderer(template)
         faces, albedo = self.faces.to(vertices.device), self.albedo.to(vertices.device)
-        frames = torch.cat([render(vertices[k : k + self.chunk], faces, albedo)
-                            for k in range(0, len(vertices), self.chunk)])
+        frames = torch.cat(
+            [render(vertices[k : k + self.chunk], faces, albedo) for k in range(0, len(vertices), self.chunk)]
+        )
         r = self.size // self.render_size
         return frames if r == 1 else frames.repeat_interleave(r, 1).repeat_interleave(r, 2)
 

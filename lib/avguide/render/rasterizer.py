@@ -14,6 +14,7 @@ depth and signed distances of the kept slots are computed from the coefficients,
 Soft coverage only happens at silhouette edges: mesh boundary edges and edges whose neighbour is culled or
 faces the other way. Edges shared by two visible faces are hard, so a tessellated surface stays opaque.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ def _face_table(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor,
     """(B, V, 3) screen vertices, (F, 3) faces -> the (9, B * F) and (4, B * F) tables above and the (B * F,)
     doubled signed areas (< 0 for front faces). Differentiable."""
     xs, ys, zs = verts.permute(2, 0, 1).contiguous()  # (B, V) each
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (c.index_select(1, faces[:, k]).reshape(-1)
-                                          for k in range(3) for c in (xs, ys, zs))
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (
+        c.index_select(1, faces[:, k]).reshape(-1) for k in range(3) for c in (xs, ys, zs)
+    )
     area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
     safe = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
     a0, b0, a1, b1 = (y1 - y2) / safe, (x2 - x1) / safe, (y2 - y0) / safe, (x0 - x2) / safe
@@ -106,8 +108,15 @@ def _seg_dist(px, py, ax, ay, bx, by) -> torch.Tensor:
     return (dx * dx + dy * dy + 1e-12).sqrt()
 
 
-def _slot_geometry(table: torch.Tensor, far: torch.Tensor, bf: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
-                   soft: torch.Tensor, clip: bool = True):
+def _slot_geometry(
+    table: torch.Tensor,
+    far: torch.Tensor,
+    bf: torch.Tensor,
+    px: torch.Tensor,
+    py: torch.Tensor,
+    soft: torch.Tensor,
+    clip: bool = True,
+):
     """Face columns `bf` (N,) of the tables at points (px, py), soft (N, 3) bool per edge (v0v1, v1v2, v2v0).
 
     Returns barycentrics (N, 3) (a view of a (3, N) tensor), depth (N,) and signed distance to the nearest
@@ -175,8 +184,15 @@ def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -
 
 
 @torch.no_grad()
-def _select(table: torch.Tensor, far: torch.Tensor, visible: torch.Tensor, soft: torch.Tensor, B: int,
-            settings: RasterSettings, depth_cutoff: float | None):
+def _select(
+    table: torch.Tensor,
+    far: torch.Tensor,
+    visible: torch.Tensor,
+    soft: torch.Tensor,
+    B: int,
+    settings: RasterSettings,
+    depth_cutoff: float | None,
+):
     """The K front-most (pixel, face) pairs per pixel, as pixel (flat into B * H * W), face column of the table
     and rank (0 the front-most), each (N,). visible (B * F,) and soft (B * F, 3) flag faces and their
     silhouette edges."""
@@ -227,7 +243,9 @@ def _select(table: torch.Tensor, far: torch.Tensor, visible: torch.Tensor, soft:
         near = torch.zeros_like(close)
         # lines 12, 20, 01, opposite vertices 0, 1, 2 (soft flags are for edges 01, 12, 20)
         lines = ((x1, y1, x2, y2), (x2, y2, x0, y0), (x0, y0, x1, y1))
-        for w, (xa, ya, xb, yb), edge in zip((ws0, ws1, 1 - ws0 - ws1), lines, soft.index_select(0, bs)[:, [1, 2, 0]].T):
+        for w, (xa, ya, xb, yb), edge in zip(
+            (ws0, ws1, 1 - ws0 - ws1), lines, soft.index_select(0, bs)[:, [1, 2, 0]].T
+        ):
             d = w * (twice_area / ((xb - xa) ** 2 + (yb - ya) ** 2).sqrt().clamp_min(1e-12))
             close &= d >= -r
             near |= (d <= r) & edge
@@ -293,8 +311,9 @@ def _soft_edges(area: torch.Tensor, visible: torch.Tensor, faces: torch.Tensor, 
     return (~nbr_vis | nbr_flip).view(-1, 3)
 
 
-def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings,
-              depth_cutoff: float | None = None) -> Fragments:
+def rasterize(
+    verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterSettings, depth_cutoff: float | None = None
+) -> Fragments:
     """(B, V, 3) screen-space vertices, (F, 3) faces -> Fragments, differentiable w.r.t. verts_screen.
 
     With `depth_cutoff`, slots lying more than that depth behind an opaque slot of their pixel are left out:
@@ -318,8 +337,9 @@ def rasterize(verts_screen: torch.Tensor, faces: torch.Tensor, settings: RasterS
         for b in range(0, B, GROUP):
             n = min(GROUP, B - b)
             cols = slice(b * len(faces), (b + n) * len(faces))
-            pixel, bf, rank = _select(table.detach()[:, cols], far.detach()[:, cols], visible[cols], soft[cols], n,
-                                      settings, depth_cutoff)
+            pixel, bf, rank = _select(
+                table.detach()[:, cols], far.detach()[:, cols], visible[cols], soft[cols], n, settings, depth_cutoff
+            )
             parts.append((pixel + b * H * W, bf + b * len(faces), rank))
         pixel, bf, rank = (torch.cat(p) for p in zip(*parts))
     yx = pixel % (H * W)

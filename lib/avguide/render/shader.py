@@ -1,5 +1,6 @@
 """Grey-level shading: interpolated vertex normals, Lambert + ambient, times albedo; soft silhouettes
 (sigmoid of signed distance, SoftRas) and soft depth blending over the K faces (softmax over depth)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ side-by-side comparison; a ten-minute recording at 25 fps is 15,000 frames (abou
 frames at 256x256), so the command line streams instead. Same encoder settings as
 `avguide.render.video` (H.264, yuv420p, bit-exact, AAC sound).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -20,9 +21,18 @@ from avguide.render import MeshRenderer, OrthoCamera, RasterSettings
 from avguide.render.video import VideoError
 
 
-def stream_video(path: str | Path, vertices, faces: np.ndarray, albedo: np.ndarray | None, camera: OrthoCamera,
-                 fps: float, audio: np.ndarray | None = None, batch: int = 32, crf: int = 18,
-                 progress: bool = False) -> Path:
+def stream_video(
+    path: str | Path,
+    vertices,
+    faces: np.ndarray,
+    albedo: np.ndarray | None,
+    camera: OrthoCamera,
+    fps: float,
+    audio: np.ndarray | None = None,
+    batch: int = 32,
+    crf: int = 18,
+    progress: bool = False,
+) -> Path:
     """Render (T, V, 3) vertices (anything sliceable: an array, avguide.inference.NpyFrames; (T, V*3) is
     accepted) through `camera` and write them as an MP4, with `audio` (16 kHz mono) muxed in if given.
     Memory: one batch of frames."""
@@ -45,20 +55,44 @@ def stream_video(path: str | Path, vertices, faces: np.ndarray, albedo: np.ndarr
             audio_path = str(Path(tmp) / "audio.wav")
             save_wav(audio_path, audio, SAMPLE_RATE)
         writer = imageio_ffmpeg.write_frames(
-            str(path), (width, height), pix_fmt_in="gray", pix_fmt_out="yuv420p", fps=fps, codec="libx264",
-            macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-crf", str(crf), "-preset", "veryfast", "-threads", "1", "-map_metadata", "-1",
-                           "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"],
-            audio_path=audio_path, audio_codec="aac" if audio_path else None,
+            str(path),
+            (width, height),
+            pix_fmt_in="gray",
+            pix_fmt_out="yuv420p",
+            fps=fps,
+            codec="libx264",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            output_params=[
+                "-crf",
+                str(crf),
+                "-preset",
+                "veryfast",
+                "-threads",
+                "1",
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                "-flags:v",
+                "+bitexact",
+                "-flags:a",
+                "+bitexact",
+            ],
+            audio_path=audio_path,
+            audio_codec="aac" if audio_path else None,
         )
         writer.send(None)
         try:
             with tqdm(total=n_frames, desc=f"render {path.name}", unit="frame", disable=not progress) as bar:
                 for start in range(0, n_frames, batch):
-                    v = np.array(vertices[start:start + batch], np.float32).reshape(-1, n_vertices, 3)  # writable copy
+                    v = np.array(vertices[start : start + batch], np.float32).reshape(
+                        -1, n_vertices, 3
+                    )  # writable copy
                     if not np.isfinite(v).all():
-                        raise VideoError(f"{path}: vertices of frames {start}..{start + len(v) - 1} "
-                                         "contain NaN or infinite values")
+                        raise VideoError(
+                            f"{path}: vertices of frames {start}..{start + len(v) - 1} contain NaN or infinite values"
+                        )
                     with torch.no_grad():
                         frames = renderer(torch.from_numpy(v), faces_t, albedo_t).numpy()
                     for frame in (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8):

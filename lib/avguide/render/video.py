@@ -1,4 +1,5 @@
 """MP4 video in and out through the ffmpeg binary that imageio-ffmpeg ships, with the sound muxed in."""
+
 from __future__ import annotations
 
 import tempfile
@@ -33,16 +34,39 @@ def _check_frames(path: Path, frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _encode(target: str, frames: np.ndarray, fps: float, crf: int, audio_path: str | None = None,
-            extra: list[str] = ()) -> None:
+def _encode(
+    target: str, frames: np.ndarray, fps: float, crf: int, audio_path: str | None = None, extra: list[str] = ()
+) -> None:
     """Run ffmpeg once: H.264 (yuv420p, bit-exact, no metadata) from raw frames piped in."""
     height, width = frames.shape[1:3]
     writer = imageio_ffmpeg.write_frames(
-        target, (width, height), pix_fmt_in="gray" if frames.ndim == 3 else "rgb24",
-        pix_fmt_out="yuv420p", fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error",
-        output_params=["-crf", str(crf), "-preset", "veryfast", "-threads", "1", "-map_metadata", "-1",
-                       "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", *extra],
-        audio_path=audio_path, audio_codec="aac" if audio_path else None,
+        target,
+        (width, height),
+        pix_fmt_in="gray" if frames.ndim == 3 else "rgb24",
+        pix_fmt_out="yuv420p",
+        fps=fps,
+        codec="libx264",
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        output_params=[
+            "-crf",
+            str(crf),
+            "-preset",
+            "veryfast",
+            "-threads",
+            "1",
+            "-map_metadata",
+            "-1",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
+            *extra,
+        ],
+        audio_path=audio_path,
+        audio_codec="aac" if audio_path else None,
     )
     writer.send(None)
     for frame in frames:
@@ -50,8 +74,14 @@ def _encode(target: str, frames: np.ndarray, fps: float, crf: int, audio_path: s
     writer.close()
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
-                sample_rate: int = SAMPLE_RATE, crf: int = 18) -> Path:
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    crf: int = 18,
+) -> Path:
     """Write (T, H, W) grey or (T, H, W, 3) RGB frames (uint8, or float in 0..1) as H.264 MP4, with audio if given."""
     path = Path(path)
     frames = _check_frames(path, frames)
@@ -76,8 +106,16 @@ def write_videos(paths: list[str | Path], videos: list[np.ndarray], fps: float, 
     if len({v.shape[1:] for v in videos}) != 1:
         raise VideoError(f"{paths[0].parent}: videos written together must share a frame size")
     bounds = np.cumsum([len(v) for v in videos])[:-1].tolist()
-    extra = ["-force_key_frames", "expr:" + "+".join(f"eq(n,{b})" for b in [0, *bounds]),
-             "-f", "segment", "-segment_format", "mp4", "-reset_timestamps", "1"]
+    extra = [
+        "-force_key_frames",
+        "expr:" + "+".join(f"eq(n,{b})" for b in [0, *bounds]),
+        "-f",
+        "segment",
+        "-segment_format",
+        "mp4",
+        "-reset_timestamps",
+        "1",
+    ]
     if bounds:
         extra += ["-segment_frames", ",".join(map(str, bounds))]
     paths[0].parent.mkdir(parents=True, exist_ok=True)
