@@ -12,6 +12,7 @@ To see both cores busy, as in the `pretrain_expert` stage (expert and judge side
 
 Usage: python benchmarks/expert_step.py [--threads 1] [--repeats 9] [--seed 0] [--params params.yaml]
 """
+
 import argparse
 import json
 import statistics
@@ -30,6 +31,7 @@ from avguide.training.expert import reader_config
 def conv3d_stem(front):
     def stem(x, valid):
         return front.stem(x[:, None]).transpose(1, 2)[valid]
+
     return stem
 
 
@@ -57,9 +59,12 @@ def main():
     stems = {"conv3d": conv3d_stem(front), "stacked": front._stem}
 
     def step():
-        video, audio = augment_av(batch["video"], batch["video_lengths"], batch["audio"], batch["audio_lengths"], augment)
-        out = model.loss(video, batch["video_lengths"], audio, batch["audio_lengths"], batch["tokens"],
-                         batch["token_lengths"])
+        video, audio = augment_av(
+            batch["video"], batch["video_lengths"], batch["audio"], batch["audio_lengths"], augment
+        )
+        out = model.loss(
+            video, batch["video_lengths"], audio, batch["audio_lengths"], batch["tokens"], batch["token_lengths"]
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -91,10 +96,20 @@ def main():
                 times[f"step_{name}"].append(mid - start)
                 times[f"stem_{name}"].append(time.perf_counter() - mid)
     med = {f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()}
-    print(json.dumps({**med, "step_ratio": round(med["step_stacked_s"] / med["step_conv3d_s"], 3),
-                      "stem_ratio": round(med["stem_stacked_s"] / med["stem_conv3d_s"], 3),
-                      "batch_size": len(pick), "frames": valid.shape[1], "valid_share": round(valid.float().mean().item(), 3),
-                      "repeats": args.repeats, "threads": args.threads}))
+    print(
+        json.dumps(
+            {
+                **med,
+                "step_ratio": round(med["step_stacked_s"] / med["step_conv3d_s"], 3),
+                "stem_ratio": round(med["stem_stacked_s"] / med["stem_conv3d_s"], 3),
+                "batch_size": len(pick),
+                "frames": valid.shape[1],
+                "valid_share": round(valid.float().mean().item(), 3),
+                "repeats": args.repeats,
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ given small random weights so its outputs are not all the template.
 Usage: python benchmarks/inference.py [--animator faceformer|codetalker] [--seconds 10 60] [--vertices 3656]
                                       [--repeats 3] [--uncached-repeats 1] [--uncached-up-to S] [--threads 1]
 """
+
 import argparse
 import json
 import statistics
@@ -20,10 +21,7 @@ import time
 
 import torch
 
-from avguide.models.codetalker import CodeTalker, CodeTalkerConfig
-from avguide.models.faceformer import FaceFormer, FaceFormerConfig
-
-ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig), "codetalker": (CodeTalker, CodeTalkerConfig)}
+from avguide.models.registry import ANIMATORS
 
 
 def main():
@@ -42,15 +40,19 @@ def main():
     model_cls, cfg_cls = ANIMATORS[args.animator]
     cfg = cfg_cls(n_vertices=args.vertices, n_subjects=8)
     model = model_cls(cfg).to(args.device).eval()
-    if isinstance(model, FaceFormer):
+    if args.animator == "faceformer":
         torch.nn.init.normal_(model.motion_out.weight, std=0.01)  # so the outputs are not all the template
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def inputs(seconds):
         samples = int(seconds * 16000)
-        return (0.1 * torch.randn(1, samples, device=args.device), torch.tensor([samples], device=args.device),
-                torch.tensor([int(round(seconds * cfg.fps))], device=args.device),
-                torch.zeros(1, args.vertices, 3, device=args.device), torch.tensor([0], device=args.device))
+        return (
+            0.1 * torch.randn(1, samples, device=args.device),
+            torch.tensor([samples], device=args.device),
+            torch.tensor([int(round(seconds * cfg.fps))], device=args.device),
+            torch.zeros(1, args.vertices, 3, device=args.device),
+            torch.tensor([0], device=args.device),
+        )
 
     def timed(batch, cached, repeats):
         times = []
@@ -64,8 +66,14 @@ def main():
 
     for cached in (True, False):  # warm-up
         model.predict(*inputs(1), use_cache=cached)
-    out = {"animator": args.animator, "device": args.device, "threads": torch.get_num_threads(),
-           "vertices": args.vertices, "repeats": args.repeats, "uncached_repeats": args.uncached_repeats}
+    out = {
+        "animator": args.animator,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "vertices": args.vertices,
+        "repeats": args.repeats,
+        "uncached_repeats": args.uncached_repeats,
+    }
     for seconds in args.seconds:
         batch = inputs(seconds)
         cached_s, cached = timed(batch, True, args.repeats)

@@ -3,6 +3,7 @@
 Prints one JSON line: fwd_fps, fwdbwd_fps (medians over repeats), peak_mem_mb (peak resident memory of
 this process), and the settings. Usage: python benchmarks/render.py [--batch 64] [--size 88] [--repeats 5]
 """
+
 import argparse
 import json
 import resource
@@ -54,13 +55,21 @@ def main():
 
     fwd = timed(forward)
     fwdbwd = timed(forward_backward)
-    print(json.dumps({
-        "fwd_fps": round(args.batch / fwd, 1),
-        "fwdbwd_fps": round(args.batch / fwdbwd, 1),
-        "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "batch": args.batch, "size": args.size, "device": args.device, "threads": torch.get_num_threads(),
-        "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
-    }))
+    print(
+        json.dumps(
+            {
+                "fwd_fps": round(args.batch / fwd, 1),
+                "fwdbwd_fps": round(args.batch / fwdbwd, 1),
+                "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "batch": args.batch,
+                "size": args.size,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "vertices": int(len(mesh.vertices)),
+                "faces": int(len(mesh.faces)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ Usage: python benchmarks/train_step.py [--animator faceformer|codetalker] [--bat
                                        [--repeats 5] [--threads 1] [--params params.yaml] [--random-output]
                                        [--render-size N]
 """
+
 import argparse
 import json
 import statistics
@@ -135,7 +136,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--random-output", action="store_true", help="keep a fresh CodeTalker's random output geometry")
-    ap.add_argument("--render-size", type=int, default=None, help="L_av's rasterizer resolution; default: params guide.render_size")
+    ap.add_argument(
+        "--render-size", type=int, default=None, help="L_av's rasterizer resolution; default: params guide.render_size"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,8 +166,9 @@ def main():
     expert, expert_source = pick_expert(params, root, float(corpus.manifest["fps"].iloc[0]))
     augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
     render_size = args.render_size or g["render_size"]
-    guidance = AVGuidance(expert.to(device), guide_view(corpus.topology, render_size, expert), augment,
-                          g["update_expert"], items).train()
+    guidance = AVGuidance(
+        expert.to(device), guide_view(corpus.topology, render_size, expert), augment, g["update_expert"], items
+    ).train()
     lip_ids = corpus.topology.lip_ids
     baseline_weights, av_weights = LossWeights(**g["weights"]["mse"]), LossWeights(**g["weights"]["avguide"])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -189,13 +193,21 @@ def main():
         opt.step()
         clock.mark("end")
         m, s = clock.marks, clock.spent
-        out = {"step": m["end"] - m["start"], "backward": m["backward"] - m["forward"], "optimizer": m["end"] - m["backward"],
-               "animator": s["animator"]}
+        out = {
+            "step": m["end"] - m["start"],
+            "backward": m["backward"] - m["forward"],
+            "optimizer": m["end"] - m["backward"],
+            "animator": s["animator"],
+        }
         if guide is not None:
-            out.update(render=s["render"], expert=s["expert"], augment=s["guidance"] - s["render"] - s["expert"],
-                       expert_backward=m["render_grad"] - m["forward"],
-                       render_backward=m["animator_grad"] - m["render_grad"],
-                       animator_backward=m["backward"] - m["animator_grad"])
+            out.update(
+                render=s["render"],
+                expert=s["expert"],
+                augment=s["guidance"] - s["render"] - s["expert"],
+                expert_backward=m["render_grad"] - m["forward"],
+                render_backward=m["animator_grad"] - m["render_grad"],
+                animator_backward=m["backward"] - m["animator_grad"],
+            )
         return out
 
     runs = {"baseline": [], "av": []}
@@ -204,26 +216,50 @@ def main():
         runs["av"].append(step(av_weights, av_opt, guidance))
     med = {name: {k: statistics.median(r[k] for r in rs[1:]) for k in rs[0]} for name, rs in runs.items()}
     base, av = med["baseline"], med["av"]
-    totals = {"animator": av["animator"] + av["animator_backward"], "render": av["render"] + av["render_backward"],
-              "expert": av["augment"] + av["expert"] + av["expert_backward"], "optimizer": av["optimizer"]}
+    totals = {
+        "animator": av["animator"] + av["animator_backward"],
+        "render": av["render"] + av["render_backward"],
+        "expert": av["augment"] + av["expert"] + av["expert_backward"],
+        "optimizer": av["optimizer"],
+    }
     r = lambda x: round(x, 4)  # noqa: E731
-    print(json.dumps({
-        "animator": args.animator,
-        "baseline_step_s": r(base["step"]), "av_step_s": r(av["step"]), "ratio": round(av["step"] / base["step"], 2),
-        "animator_s": r(av["animator"]), "render_s": r(av["render"]), "augment_s": r(av["augment"]),
-        "expert_s": r(av["expert"]), "backward_s": r(av["backward"]), "expert_backward_s": r(av["expert_backward"]),
-        "render_backward_s": r(av["render_backward"]), "animator_backward_s": r(av["animator_backward"]),
-        "optimizer_s": r(av["optimizer"]),
-        **{f"{k}_total_s": r(v) for k, v in totals.items() if k != "optimizer"},
-        "largest": max(totals, key=totals.get), "render_share": round(totals["render"] / av["step"], 3),
-        "baseline_animator_s": r(base["animator"]), "baseline_backward_s": r(base["backward"]),
-        "baseline_optimizer_s": r(base["optimizer"]),
-        "batch_size": batch_size, "items": items, "frames": int(batch["n_frames"].max()),
-        "rendered_frames": int(batch["n_frames"][:items].sum()), "render_size": render_size,
-        "vertices": corpus.n_vertices,
-        "animator_weights": animator_source, "expert": expert_source, "update_expert": bool(g["update_expert"]), "repeats": args.repeats,
-        "threads": torch.get_num_threads(), "device": str(device),
-    }))
+    print(
+        json.dumps(
+            {
+                "animator": args.animator,
+                "baseline_step_s": r(base["step"]),
+                "av_step_s": r(av["step"]),
+                "ratio": round(av["step"] / base["step"], 2),
+                "animator_s": r(av["animator"]),
+                "render_s": r(av["render"]),
+                "augment_s": r(av["augment"]),
+                "expert_s": r(av["expert"]),
+                "backward_s": r(av["backward"]),
+                "expert_backward_s": r(av["expert_backward"]),
+                "render_backward_s": r(av["render_backward"]),
+                "animator_backward_s": r(av["animator_backward"]),
+                "optimizer_s": r(av["optimizer"]),
+                **{f"{k}_total_s": r(v) for k, v in totals.items() if k != "optimizer"},
+                "largest": max(totals, key=totals.get),
+                "render_share": round(totals["render"] / av["step"], 3),
+                "baseline_animator_s": r(base["animator"]),
+                "baseline_backward_s": r(base["backward"]),
+                "baseline_optimizer_s": r(base["optimizer"]),
+                "batch_size": batch_size,
+                "items": items,
+                "frames": int(batch["n_frames"].max()),
+                "rendered_frames": int(batch["n_frames"][:items].sum()),
+                "render_size": render_size,
+                "vertices": corpus.n_vertices,
+                "animator_weights": animator_source,
+                "expert": expert_source,
+                "update_expert": bool(g["update_expert"]),
+                "repeats": args.repeats,
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Run by test_training.py as its own program: Lightning's DDP launcher starts rank 1 by running this
 file again, so nothing needs pickling. Each rank writes its final weights to OUT/rank<r>.safetensors."""
+
 import sys
 from pathlib import Path
 
@@ -25,7 +26,12 @@ class SaveRankWeights(pl.Callback):
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
-    trainer = make_trainer({"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3}, out,
-                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           callbacks=[SaveRankWeights(out)])
+    trainer = make_trainer(
+        {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3},
+        out,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[SaveRankWeights(out)],
+    )
     trainer.fit(AnimatorModule(tiny_model(), lr=1e-3), DataLoader(items(), batch_size=2, collate_fn=collate))

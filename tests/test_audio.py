@@ -1,4 +1,5 @@
 """The animators' speech encoder pretraining (pretrain_audio): character CTC with padded batches."""
+
 import torch
 
 from avguide.data.speech import Voice, synthesize
@@ -43,4 +44,7 @@ def test_ctc_training_learns_the_transcripts_of_a_batch():
         opt.zero_grad()
     model.eval()
     with torch.no_grad():
-        assert ctc_greedy_decode(*ctc_outputs(model, batch["audio"], batch["audio_lengths"])) == ["bin blue now", "set green"]
+        assert ctc_greedy_decode(*ctc_outputs(model, batch["audio"], batch["audio_lengths"])) == [
+            "bin blue now",
+            "set green",
+        ]

@@ -5,10 +5,10 @@ Fixtures are written here, in a temporary folder: a small dome mesh (80 vertices
 random, so the motion depends on the audio. Commands run in-process through `main(argv)` (one process
 start costs seconds of imports); one test runs the real entry point in a subprocess.
 """
+
 import json
 import subprocess
 import sys
-import types
 
 import imageio_ffmpeg
 import numpy as np
@@ -48,7 +48,7 @@ def noise_speech(seconds, seed=0, level=0.1):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread: on a busy 2-core machine the step-by-step decoder is many times faster so."""
+    """One torch thread: the step-by-step decoder is much faster so when other processes share the cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -74,9 +74,19 @@ def corpus(tmp_path_factory):
             motion[:, lip_ids, 1] = 0.002 * np.sin(np.arange(n) / 3)[:, None]
             save_wav(root / "wav" / f"{utt}.wav", audio)
             np.save(root / "vertices_npy" / f"{utt}.npy", (templates[subject] + motion).reshape(n, -1))
-            rows.append(dict(utterance=utt, subject=subject, sentence=f"sentence0{i + 1}", split=split,
-                             text="bin blue at f two now", n_frames=n, fps=FPS, wav=f"wav/{utt}.wav",
-                             vertices=f"vertices_npy/{utt}.npy"))
+            rows.append(
+                dict(
+                    utterance=utt,
+                    subject=subject,
+                    sentence=f"sentence0{i + 1}",
+                    split=split,
+                    text="bin blue at f two now",
+                    n_frames=n,
+                    fps=FPS,
+                    wav=f"wav/{utt}.wav",
+                    vertices=f"vertices_npy/{utt}.npy",
+                )
+            )
     write_manifest(root / "manifest.csv", rows)
     save_templates(root / "templates.npz", templates)
     Topology(faces=faces, lip_ids=lip_ids, upper_face_ids=upper_ids).save(root / "topology.npz")
@@ -89,8 +99,9 @@ def model_dir(tmp_path_factory, one_thread):
     from avguide.models.faceformer import FaceFormer, FaceFormerConfig
 
     torch.manual_seed(0)
-    model = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=2, fps=FPS, feature_dim=16, n_heads=2,
-                                        max_frames=600, dropout=0.0))
+    model = FaceFormer(
+        FaceFormerConfig(n_vertices=V, n_subjects=2, fps=FPS, feature_dim=16, n_heads=2, max_frames=600, dropout=0.0)
+    )
     torch.nn.init.normal_(model.motion_out.weight, std=0.05)  # a random face motion, driven by the audio
     return save_checkpoint(model, tmp_path_factory.mktemp("model") / "faceformer")
 
@@ -107,12 +118,14 @@ def animate(capsys, corpus, model_dir, wav, out, *extra):
 
 
 def has_audio_stream(path) -> bool:
-    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    )
     return "Audio:" in probe.stderr
 
 
 # --- animate ------------------------------------------------------------------------------------------
+
 
 def test_animate_a_new_espeak_voice(tmp_path, capsys, corpus, model_dir):
     """A WAV the corpus never produced (another espeak-ng voice): vertices, OBJ sequence, MP4 with sound."""
@@ -209,15 +222,34 @@ def test_stereo_44k_is_downmixed_and_resampled_with_a_warning(tmp_path, capsys, 
 
 # --- bad input ----------------------------------------------------------------------------------------
 
+
 def test_not_audio_is_refused_by_the_installed_command(tmp_path):
     """The real entry point, in its own process: clear message, exit code 1, no traceback."""
     fake = tmp_path / "speech.wav"
     fake.write_text("these are not samples\n")
-    proc = subprocess.run([sys.executable, "-c", "import sys; from avguide.cli import main; sys.exit(main())",
-                           "animate", str(fake), "--model", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from avguide.cli import main; sys.exit(main())",
+            "animate",
+            str(fake),
+            "--model",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert f"{fake}: not a readable audio file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_checking_an_input_file_loads_neither_torch_nor_the_models():
+    """`avguide animate` refuses a bad file before loading torch and the animators (avguide.models.registry)."""
+    heavy = "('torch', 'transformers', 'avguide.models.registry')"
+    code = f"import sys, avguide.inference; print(sorted(m for m in {heavy} if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
 def test_entry_point_and_usage_errors(capsys):
@@ -274,8 +306,8 @@ def test_checkpoint_without_recorded_class_still_loads(tmp_path, model_dir):
     """Checkpoints written before save_checkpoint recorded the class: the class is found from config.json."""
     from safetensors.torch import load_file, save_file
 
-    from avguide.inference import load_animator
     from avguide.models.checkpoint import checkpoint_class
+    from avguide.models.registry import load_animator
 
     assert checkpoint_class(model_dir) == "FaceFormer"
     old = tmp_path / "old"
@@ -288,16 +320,18 @@ def test_checkpoint_without_recorded_class_still_loads(tmp_path, model_dir):
 
 # --- evaluate -----------------------------------------------------------------------------------------
 
+
 def test_evaluate_reproduces_the_train_stage_score_exactly(tmp_path, capsys, corpus, model_dir):
     from avguide.data.corpus import Corpus
     from avguide.data.dataset import TalkingFaceDataset
-    from avguide.inference import load_animator
-    from avguide.training.run import predict_split, score
+    from avguide.models.registry import load_animator
+    from avguide.scoring import score
+    from avguide.training.run import predict_split
 
     gt = Corpus(corpus)
     dataset = TalkingFaceDataset(gt, "test")
     pred, true, templates = predict_split(load_animator(model_dir), dataset)
-    expected = score(pred, true, templates, gt.topology)
+    expected, rows = score(pred, true, templates, gt.topology)
     preds = tmp_path / "preds"
     preds.mkdir()
     for utt, p in zip(dataset.rows["utterance"], pred):
@@ -308,6 +342,18 @@ def test_evaluate_reproduces_the_train_stage_score_exactly(tmp_path, capsys, cor
     assert {k: metrics[k] for k in expected} == expected  # bit for bit, every metric
     per_utt = pd.read_csv(tmp_path / "m_per_utterance.csv")
     assert per_utt["utterance"].tolist() == dataset.rows["utterance"].tolist()
+    assert per_utt.columns.tolist() == [
+        "utterance",
+        "subject",
+        "split",
+        "pred_frames",
+        "gt_frames",
+        "frames",
+        "LVE",
+        "MVE",
+        "FDD",
+    ]
+    assert per_utt[["LVE", "MVE", "FDD"]].to_numpy() == pytest.approx(rows[["LVE", "MVE", "FDD"]].to_numpy(), rel=1e-15)
     assert metrics["utterances"] == 2 and metrics["frames"] == sum(len(p) for p in pred)
     assert "LVE" in out
 
@@ -342,13 +388,27 @@ def test_evaluate_refuses_wrong_vertex_count_and_unknown_files(tmp_path, capsys,
 
 # --- render -------------------------------------------------------------------------------------------
 
+
 def test_render_face_and_mouth_with_sound(tmp_path, capsys, corpus):
     from avguide.render.video import read_video
 
     vertices = corpus / "vertices_npy" / "alice_sentence01.npy"
     n = len(np.load(vertices))
-    code, _, err = run(capsys, "render", vertices, "--audio", corpus / "wav" / "alice_sentence01.wav",
-                       "--corpus", corpus, "--subject", "alice", "--mouth", "--out", tmp_path / "mouth.mp4", "-q")
+    code, _, err = run(
+        capsys,
+        "render",
+        vertices,
+        "--audio",
+        corpus / "wav" / "alice_sentence01.wav",
+        "--corpus",
+        corpus,
+        "--subject",
+        "alice",
+        "--mouth",
+        "--out",
+        tmp_path / "mouth.mp4",
+        "-q",
+    )
     assert code == 0, err
     frames, _ = read_video(tmp_path / "mouth.mp4")
     assert frames.shape == (n, 88, 88) and has_audio_stream(tmp_path / "mouth.mp4")
@@ -367,34 +427,72 @@ def test_render_refuses_a_vertex_count_that_is_not_the_templates(tmp_path, capsy
 
 # --- transcribe ---------------------------------------------------------------------------------------
 
-def test_transcribe_without_the_expert_says_so(tmp_path, capsys, monkeypatch):
-    import avguide.cli
 
+def test_transcribe_without_the_expert_says_so(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
     (tmp_path / "expert").mkdir()
-    monkeypatch.setattr(avguide.cli, "EXPERT_MODULES", ("avguide.models.no_such_expert",))
     code, _, err = run(capsys, "transcribe", video, "--model-dir", tmp_path / "expert")
-    assert code == 1 and "lip-reading expert is not available" in err
+    assert code == 1 and f"{tmp_path / 'expert' / 'judge'}: no trained judge here" in err
     code, _, err = run(capsys, "transcribe", video, "--model-dir", tmp_path / "missing")
     assert code == 1 and "expert model folder not found" in err
 
 
-def test_transcribe_calls_the_experts_function(tmp_path, capsys, monkeypatch):
-    import avguide.cli
+SMALL_READER = dict(
+    d_model=32,
+    n_heads=2,
+    ffn_dim=64,
+    conformer_layers=1,
+    conv_kernel=5,
+    decoder_layers=1,
+    stem_channels=8,
+    resnet_channels=(8, 16),
+    crop_size=24,
+    video_pool=1,
+    dropout=0.0,
+)
 
-    seen = {}
 
-    def transcribe(path, model_dir=None, audio=None, beam_size=5):
-        seen.update(path=path, model_dir=model_dir, audio=audio)
-        return "bin blue at f two now"
+def test_transcribe_prints_what_the_evaluation_records(tmp_path, capsys, corpus, monkeypatch, one_thread):
+    """A tiny random judge saved with its decoding settings (not the defaults): `avguide transcribe` of each
+    rendered test clip prints the transcript the evaluate stage's decoding (evaluate.read_renders) records for
+    that clip, both decoding with the saved settings. H.264 is not lossless, so the evaluation is handed the
+    frames the video files hold."""
+    import avguide.evaluate
+    import avguide.models.expert
+    from avguide.data.corpus import Corpus
+    from avguide.evaluate import read_renders
+    from avguide.models.expert import Decoding, Expert, ExpertConfig, load_expert, save_reader
+    from avguide.render.mouth import MouthView
+    from avguide.render.video import read_video, write_video
+    from avguide.training.guide import render_items
 
-    monkeypatch.setitem(sys.modules, "avguide_fake_expert", types.SimpleNamespace(transcribe=transcribe))
-    monkeypatch.setattr(avguide.cli, "EXPERT_MODULES", ("avguide_fake_expert",))
-    video, audio = tmp_path / "clip.mp4", tmp_path / "clip.wav"
-    video.write_bytes(b"")
-    save_wav(audio, noise_speech(0.2))
-    code, out, err = run(capsys, "transcribe", video, "--audio", audio, "--model-dir", tmp_path)
-    assert code == 0, err
-    assert out.strip() == "bin blue at f two now"
-    assert seen == {"path": video, "model_dir": tmp_path, "audio": audio}
+    torch.manual_seed(0)
+    saved = Decoding(beam_size=3, ctc_weight=0.5)
+    save_reader(Expert(ExpertConfig(mode="video", fps=FPS, **SMALL_READER)), tmp_path / "expert" / "judge", saved)
+    judge = load_expert(tmp_path / "expert" / "judge", map_location="cpu")
+    assert judge.decoding == saved
+
+    gt = Corpus(corpus)
+    view = MouthView(gt.topology)
+    items = render_items(gt, "test", view, progress=False)
+    clips = []
+    for item in items:
+        clips.append(write_video(tmp_path / f"{item['utterance']}.mp4", item["video"].numpy(), FPS))
+        item["video"] = torch.from_numpy(read_video(clips[-1])[0])
+
+    used, search = [], avguide.models.expert.joint_beam_search
+
+    def spy(model, enc, lengths, beam_size, ctc_weight):
+        used.append((beam_size, ctc_weight))
+        return search(model, enc, lengths, beam_size, ctc_weight)
+
+    monkeypatch.setattr(avguide.models.expert, "joint_beam_search", spy)
+    monkeypatch.setattr(avguide.evaluate, "render_items", lambda *args, **kw: items)
+    refs, hyps = read_renders(judge, gt, view, None, progress=False)
+    assert refs == gt.split("test")["text"].tolist() and all(hyps)  # a random reader reads something
+    for clip, hyp in zip(clips, hyps):
+        code, out, err = run(capsys, "transcribe", clip, "--model-dir", tmp_path / "expert")
+        assert code == 0, err
+        assert out == hyp + "\n"
+    assert set(used) == {(3, 0.5)} and len(used) == 1 + len(clips)  # one batch in the evaluation, one per command

@@ -1,15 +1,23 @@
 """CodeTalker: shapes, padding, the causal VQ decoder's cache, the two training stages, checkpoints."""
+
 import pytest
 import torch
+from test_faceformer import V, batch
 
 from avguide.models.checkpoint import load_checkpoint, save_checkpoint
 from avguide.models.codetalker import CodeTalker, CodeTalkerConfig, Quantizer
-from test_faceformer import V, batch
 
 
 def as_dict(audio, samples, n, templates, ids, vertices):
-    return dict(audio=audio, audio_lengths=samples, n_frames=n, templates=templates, subject_ids=ids,
-                vertices=vertices, frame_mask=torch.arange(vertices.shape[1])[None] < n[:, None])
+    return dict(
+        audio=audio,
+        audio_lengths=samples,
+        n_frames=n,
+        templates=templates,
+        subject_ids=ids,
+        vertices=vertices,
+        frame_mask=torch.arange(vertices.shape[1])[None] < n[:, None],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +74,14 @@ def test_stages_train_their_own_parameters():
     audio, samples, n, templates, ids, _ = batch([16, 12])
     t = torch.arange(16.0)[None, :, None, None]
     basis = 0.01 * torch.randn(2, 1, 1, V, 3)  # low-rank smooth motion, as faces move: a VQ-VAE can learn it
-    vertices = basis[0] * torch.sin(0.4 * t) + basis[1] * torch.cos(0.7 * t + torch.tensor([0.0, 1.0])[:, None, None, None])
+    vertices = basis[0] * torch.sin(0.4 * t) + basis[1] * torch.cos(
+        0.7 * t + torch.tensor([0.0, 1.0])[:, None, None, None]
+    )
     b = as_dict(audio, samples, n, templates, ids, vertices)
-    for stage, trained, fixed in ((1, m.quantizer.codebook.weight, m.style.weight),
-                                  (2, m.style.weight, m.vq_out.weight)):
+    for stage, trained, fixed in (
+        (1, m.quantizer.codebook.weight, m.style.weight),
+        (2, m.style.weight, m.vq_out.weight),
+    ):
         m.set_stage(stage)
         assert trained.requires_grad and not fixed.requires_grad
         before = fixed.detach().clone()
@@ -103,7 +115,9 @@ def test_checkpoint_round_trip(model, tmp_path):
     audio, samples, n, templates, ids, _ = batch([12])
     save_checkpoint(model, tmp_path / "ct")
     again = load_checkpoint(CodeTalker, CodeTalkerConfig, tmp_path / "ct").eval()
-    assert torch.equal(model.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids))
+    assert torch.equal(
+        model.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids)
+    )
 
 
 def test_the_same_weights_are_the_same_bytes(model, tmp_path):

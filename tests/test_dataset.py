@@ -33,8 +33,19 @@ def build_corpus(root: Path) -> Path:
             verts = templates[subject] + 0.01 * rng.normal(size=(n, V, 3))
             np.save(root / "vertices_npy" / f"{utt}.npy", verts.reshape(n, V * 3).astype(np.float32))
             save_wav(root / "wav" / f"{utt}.wav", rng.uniform(-0.5, 0.5, n * SPF))
-            rows.append(dict(utterance=utt, subject=subject, sentence=k + 1, split=split, text=TEXTS[k],
-                             n_frames=n, fps=FPS, wav=f"wav/{utt}.wav", vertices=f"vertices_npy/{utt}.npy"))
+            rows.append(
+                dict(
+                    utterance=utt,
+                    subject=subject,
+                    sentence=k + 1,
+                    split=split,
+                    text=TEXTS[k],
+                    n_frames=n,
+                    fps=FPS,
+                    wav=f"wav/{utt}.wav",
+                    vertices=f"vertices_npy/{utt}.npy",
+                )
+            )
     write_manifest(root / "manifest.csv", rows)
     save_templates(root / "templates.npz", templates)
     Topology(faces=rng.integers(0, V, size=(8, 3)), lip_ids=np.arange(4), upper_face_ids=np.arange(6, 12)).save(
@@ -102,7 +113,9 @@ def test_collate_shapes_masks_and_padding(root):
     B, T, S = len(items), max(frames), max(frames) * SPF
     L = max(len(it["tokens"]) for it in items)
     assert b["audio"].shape == (B, S) and b["audio_mask"].shape == (B, S) and b["audio_mask"].dtype == torch.bool
-    assert b["vertices"].shape == (B, T, V, 3) and b["frame_mask"].shape == (B, T) and b["frame_mask"].dtype == torch.bool
+    assert (
+        b["vertices"].shape == (B, T, V, 3) and b["frame_mask"].shape == (B, T) and b["frame_mask"].dtype == torch.bool
+    )
     assert b["templates"].shape == (B, V, 3)
     assert b["subject_ids"].tolist() == [it["subject_id"] for it in items]
     assert b["tokens"].shape == (B, L) and b["tokens"].dtype == torch.long
@@ -129,10 +142,10 @@ def test_batching_does_not_change_data(root):
     (b,) = list(DataLoader(ds, batch_size=len(ds), collate_fn=collate))
     for k in range(len(ds)):
         item = ds[k]
-        n, s, l = b["n_frames"][k], b["audio_lengths"][k], b["token_lengths"][k]
+        n, s, n_tokens = b["n_frames"][k], b["audio_lengths"][k], b["token_lengths"][k]
         assert torch.equal(b["vertices"][k, :n], item["vertices"])
         assert torch.equal(b["audio"][k, :s], item["audio"])
-        assert torch.equal(b["tokens"][k, :l], item["tokens"])
+        assert torch.equal(b["tokens"][k, :n_tokens], item["tokens"])
         assert torch.equal(b["templates"][k], item["template"])
         assert b["subject_ids"][k] == item["subject_id"] and b["texts"][k] == item["text"]
 
@@ -181,7 +194,9 @@ def test_stereo_44k_wav_is_downmixed_and_resampled(root, caplog):
 
 def test_empty_transcript_rejected(root):
     edit_manifest(root, "FaceTalk_B_sentence01", text="?! 42")
-    with pytest.raises(CorpusError, match=r"manifest\.csv: empty transcript for utterance\(s\) \['FaceTalk_B_sentence01'\]"):
+    with pytest.raises(
+        CorpusError, match=r"manifest\.csv: empty transcript for utterance\(s\) \['FaceTalk_B_sentence01'\]"
+    ):
         Corpus(root)
 
 

@@ -1,7 +1,8 @@
 """The conda environment and the pip project name the same pinned dependencies; the layout is complete."""
-import tomllib
+
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,9 @@
-"""The lip-reading expert: padded losses, gradients into the video, decoding, checkpoints, resume,
-augmentation, and (on a toy audio-visual task) that the AV model reads the video when the audio is masked."""
+"""The lip-reading expert: padded losses, gradients into the video, decoding, checkpoints and reader folders (with
+their decoding settings), resume, augmentation, and (on a toy audio-visual task) that the AV model reads the video
+when the audio is masked."""
+
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,17 +14,28 @@ from avguide.data.text import VOCAB
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, add_noise, augment_av, center_crop, random_crop, time_mask
 from avguide.models.checkpoint import load_checkpoint, save_checkpoint
-from avguide.models.expert import Expert, ExpertConfig
+from avguide.models.expert import DECODING_FILE, Decoding, Expert, ExpertConfig, load_expert, save_reader
 from avguide.training.animator import make_trainer
 from avguide.training.expert import ExpertModule, ThreadsFromEpoch, mask_audio, shuffle_video, transcribe_dataset
 
-SMALL = dict(d_model=32, n_heads=2, ffn_dim=64, conformer_layers=1, conv_kernel=5, decoder_layers=1, stem_channels=8,
-             resnet_channels=(8, 16), crop_size=24, video_pool=1, dropout=0.0)
+SMALL = dict(
+    d_model=32,
+    n_heads=2,
+    ffn_dim=64,
+    conformer_layers=1,
+    conv_kernel=5,
+    decoder_layers=1,
+    stem_channels=8,
+    resnet_channels=(8, 16),
+    crop_size=24,
+    video_pool=1,
+    dropout=0.0,
+)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: on a shared 2-core machine two threads spin against other processes (5-10x slower)."""
+    """One torch thread: with other processes on the cores, more threads spin against them."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -35,9 +50,17 @@ def small(mode="av", **kw):
 def padded(texts, frames, size=24, seed=0):
     """A collate_av batch of random clips (frames[k] frames, 640 samples per frame) for `texts`."""
     g = torch.Generator().manual_seed(seed)
-    items = [dict(utterance=f"u{k}", speaker="s", video=torch.rand(n, size, size, generator=g),
-                  audio=0.1 * torch.randn(n * 640, generator=g), text=t, tokens=torch.tensor(VOCAB.encode(t)))
-             for k, (t, n) in enumerate(zip(texts, frames))]
+    items = [
+        dict(
+            utterance=f"u{k}",
+            speaker="s",
+            video=torch.rand(n, size, size, generator=g),
+            audio=0.1 * torch.randn(n * 640, generator=g),
+            text=t,
+            tokens=torch.tensor(VOCAB.encode(t)),
+        )
+        for k, (t, n) in enumerate(zip(texts, frames))
+    ]
     return items, collate_av(items)
 
 
@@ -63,8 +86,9 @@ def test_gradient_reaches_the_video_and_not_its_padding():
     model = small("av").eval()
     _, batch = padded(["bin blue", "set"], [14, 9])
     video = batch["video"].clone().requires_grad_(True)
-    out = model.loss(video, batch["video_lengths"], batch["audio"], batch["audio_lengths"], batch["tokens"],
-                     batch["token_lengths"])
+    out = model.loss(
+        video, batch["video_lengths"], batch["audio"], batch["audio_lengths"], batch["tokens"], batch["token_lengths"]
+    )
     (0.1 * out.ctc + 0.9 * out.ce).backward()
     g = video.grad
     assert torch.isfinite(g).all() and g[0].abs().sum() > 0 and g[1, :9].abs().sum() > 0
@@ -127,6 +151,83 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(a.loss, b.loss)
 
 
+def test_a_reader_folder_keeps_its_decoding_settings(tmp_path, monkeypatch, caplog):
+    """save_reader writes decoding.json beside the weights; load_expert reads it back and every decoder call
+    without explicit settings uses it. A folder saved without one decodes with Decoding's defaults."""
+    import avguide.models.expert
+
+    model = small("video").eval()
+    items, batch = padded(["bin blue", "set"], [14, 9])
+    save_reader(model, tmp_path / "judge", Decoding(beam_size=3, ctc_weight=0.6))
+    assert json.loads((tmp_path / "judge" / DECODING_FILE).read_text()) == {"beam_size": 3, "ctc_weight": 0.6}
+    judge = load_expert(tmp_path / "judge", map_location="cpu")
+    assert judge.decoding == Decoding(3, 0.6) and not judge.training
+    used, search = [], avguide.models.expert.joint_beam_search
+    monkeypatch.setattr(
+        avguide.models.expert, "joint_beam_search", lambda m, e, n, k, w: used.append((k, w)) or search(m, e, n, k, w)
+    )
+    video, lengths = batch["video"], batch["video_lengths"]
+    assert judge.transcribe(video, lengths) == judge.transcribe(video, lengths, beam_size=3, ctc_weight=0.6)
+    assert transcribe_dataset(judge, items)[1] == judge.transcribe(video, lengths)  # the evaluation's decoding
+    assert used == [(3, 0.6)] * 4
+
+    save_checkpoint(model, tmp_path / "old")  # a reader written before decoding settings were saved
+    with caplog.at_level("INFO", logger="avguide.models.expert"):
+        old = load_expert(tmp_path / "old", map_location="cpu")
+    assert old.decoding == Decoding() == Decoding(beam_size=5, ctc_weight=0.3)
+    assert f"{tmp_path / 'old' / DECODING_FILE}: not found" in caplog.text
+    (tmp_path / "judge" / DECODING_FILE).write_text('{"beam": 3}')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'judge' / DECODING_FILE}: expected"):
+        load_expert(tmp_path / "judge", map_location="cpu")
+
+
+def test_read_lips_is_the_one_entry_and_decodes_with_the_saved_settings(tmp_path):
+    """avguide.reading.read_lips: the judge without audio, the AV expert with it, each as it transcribes itself
+    with its saved settings; the package imports nothing, the model module no longer reads files."""
+    import subprocess
+    import sys
+
+    import avguide.models.expert
+    from avguide.reading import read_lips
+
+    _, batch = padded(["bin blue"], [12], size=32)
+    video = (batch["video"][0] * 255).round().to(torch.uint8).numpy()  # frames as a video file holds them
+    audio = batch["audio"][0].numpy()
+    saved = Decoding(beam_size=2, ctc_weight=0.5)
+    judge, expert = small("video"), small("av")
+    save_reader(judge, tmp_path / "judge", saved)
+    save_reader(expert, tmp_path / "model", saved)
+    v = torch.from_numpy(video).float()[None] / 255
+    assert read_lips(video, model_dir=tmp_path) == judge.transcribe(v, None)[0]
+    assert read_lips(video, audio, model_dir=tmp_path) == expert.transcribe(v, None, torch.from_numpy(audio)[None])[0]
+    with pytest.raises(FileNotFoundError, match="no trained judge here"):
+        read_lips(video, model_dir=tmp_path / "nothing")
+    assert not any(hasattr(avguide.models.expert, name) for name in ("read_lips", "transcribe", "read_clip"))
+    code = "import sys, avguide; print(sorted(m for m in sys.modules if m.startswith('avguide.')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_the_pretrain_stage_saves_each_reader_with_its_decoding(tmp_path, monkeypatch):
+    """fit_reader (the pretrain_expert stage, for the expert and the judge) writes pretrain_expert.beam_size and
+    decode_ctc_weight beside the weights."""
+    import avguide.training.expert as training
+
+    monkeypatch.setattr(training, "data_stamp", lambda dataset: "items")  # a list of items, not an AVDataset
+    items, _ = padded(["bin", "set red"], [8, 12])
+    settings = {
+        "lr": 1e-3,
+        "batch_size": 2,
+        "beam_size": 4,
+        "decode_ctc_weight": 0.5,
+        "augment": {"crop_size": 24, "noise_prob": 0.0},
+    }
+    trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 1}
+    cfg = ExpertConfig(mode="video", **SMALL)
+    model = training.fit_reader("judge", cfg, settings, items, None, tmp_path, 0, trainer, progress=False)
+    assert model.decoding == Decoding(4, 0.5)
+    assert load_expert(tmp_path / "judge", map_location="cpu").decoding == Decoding(4, 0.5)
+
+
 def test_resume_continues_step_count_optimizer_and_schedule(tmp_path):
     items, _ = padded(["bin", "set red", "a b", "pin"] * 2, [8, 12, 10, 9] * 2)
     loader = DataLoader(items, batch_size=2, collate_fn=collate_av)
@@ -152,11 +253,19 @@ def test_the_expert_takes_more_threads_from_a_fixed_epoch(tmp_path):
             self.seen.append((trainer.current_epoch, torch.get_num_threads()))
 
     items, _ = padded(["bin", "set red"], [8, 12])
-    trainer = make_trainer({"accelerator": "cpu", "devices": 1, "max_epochs": 3}, tmp_path, logger=False,
-                           enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                           callbacks=[ThreadsFromEpoch(2, 2), Record()])
-    trainer.fit(ExpertModule(small("av"), warmup_steps=1, augment=AugmentConfig(crop_size=24)),
-                DataLoader(items, batch_size=1, collate_fn=collate_av))
+    trainer = make_trainer(
+        {"accelerator": "cpu", "devices": 1, "max_epochs": 3},
+        tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[ThreadsFromEpoch(2, 2), Record()],
+    )
+    trainer.fit(
+        ExpertModule(small("av"), warmup_steps=1, augment=AugmentConfig(crop_size=24)),
+        DataLoader(items, batch_size=1, collate_fn=collate_av),
+    )
     assert Record.seen == [(0, 1), (0, 1), (1, 1), (1, 1), (2, 2), (2, 2)]
 
 
@@ -206,11 +315,19 @@ def toy_av(n, seed, size=16, hold=3):
         for j, ch in enumerate(text):
             c = LETTERS.index(ch)
             y, x = 2 + 6 * (c // 3), 2 + 5 * (c % 3)
-            video[1 + j * hold:1 + (j + 1) * hold, y:y + 4, x:x + 4] = 0.9
-            audio[(1 + j * hold) * 640:(1 + (j + 1) * hold) * 640] = 0.3 * np.sin(2 * np.pi * (300 + 150 * c) * t)
+            video[1 + j * hold : 1 + (j + 1) * hold, y : y + 4, x : x + 4] = 0.9
+            audio[(1 + j * hold) * 640 : (1 + (j + 1) * hold) * 640] = 0.3 * np.sin(2 * np.pi * (300 + 150 * c) * t)
         video += rng.normal(0, 0.03, video.shape).astype(np.float32)
-        items.append(dict(utterance=f"t{k}", speaker="s", video=torch.from_numpy(video), audio=torch.from_numpy(audio),
-                          text=text, tokens=torch.tensor(VOCAB.encode(text))))
+        items.append(
+            dict(
+                utterance=f"t{k}",
+                speaker="s",
+                video=torch.from_numpy(video),
+                audio=torch.from_numpy(audio),
+                text=text,
+                tokens=torch.tensor(VOCAB.encode(text)),
+            )
+        )
     return items
 
 
@@ -218,11 +335,20 @@ def test_with_masked_audio_the_true_video_beats_the_shuffled_video(tmp_path):
     torch.manual_seed(0)
     train, test = toy_av(256, 0), toy_av(32, 1)
     model = small("av", crop_size=16, conv_kernel=3, ctc_weight=0.3)
-    module = ExpertModule(model, lr=5e-3, warmup_steps=10,
-                          augment=AugmentConfig(crop_size=16, flip_prob=0.0, noise_prob=0.5, drop_audio_prob=0.3,
-                                                drop_video_prob=0.2))
-    trainer = make_trainer({"accelerator": "cpu", "devices": 1, "max_epochs": 9}, tmp_path, logger=False,
-                           enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    module = ExpertModule(
+        model,
+        lr=5e-3,
+        warmup_steps=10,
+        augment=AugmentConfig(crop_size=16, flip_prob=0.0, noise_prob=0.5, drop_audio_prob=0.3, drop_video_prob=0.2),
+    )
+    trainer = make_trainer(
+        {"accelerator": "cpu", "devices": 1, "max_epochs": 9},
+        tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(train, batch_size=16, shuffle=True, collate_fn=collate_av))
     masked = mask_audio(0.8, chunk_s=0.04, seed=0)
     kw = dict(beam_size=1, batch_size=32)

@@ -1,11 +1,16 @@
 """FaceFormer: shapes, padding, the key/value cache, checkpoints, the pretrained-encoder error path."""
-import numpy as np
+
 import pytest
 import torch
 
 from avguide.models.checkpoint import load_checkpoint, save_checkpoint
-from avguide.models.faceformer import (FaceFormer, FaceFormerConfig, biased_causal_mask, load_wav2vec2,
-                                       periodic_positional_encoding)
+from avguide.models.faceformer import (
+    FaceFormer,
+    FaceFormerConfig,
+    biased_causal_mask,
+    load_wav2vec2,
+    periodic_positional_encoding,
+)
 
 V = 40
 
@@ -79,8 +84,15 @@ def test_training_lowers_the_loss():
     torch.manual_seed(1)
     m = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=3, period=5, max_frames=200, dropout=0.0))
     audio, samples, n, templates, ids, vertices = batch([16, 12])
-    b = dict(audio=audio, audio_lengths=samples, n_frames=n, templates=templates, subject_ids=ids, vertices=vertices,
-             frame_mask=torch.arange(16)[None] < n[:, None])
+    b = dict(
+        audio=audio,
+        audio_lengths=samples,
+        n_frames=n,
+        templates=templates,
+        subject_ids=ids,
+        vertices=vertices,
+        frame_mask=torch.arange(16)[None] < n[:, None],
+    )
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
     first = m.loss(b).item()
     for _ in range(60):
@@ -95,7 +107,9 @@ def test_checkpoint_round_trip(model, tmp_path):
     audio, samples, n, templates, ids, _ = batch([12])
     save_checkpoint(model, tmp_path / "ff")
     again = load_checkpoint(FaceFormer, FaceFormerConfig, tmp_path / "ff").eval()
-    assert torch.equal(model.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids))
+    assert torch.equal(
+        model.predict(audio, samples, n, templates, ids), again.predict(audio, samples, n, templates, ids)
+    )
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_checkpoint(FaceFormer, FaceFormerConfig, tmp_path / "nothing")
 
@@ -129,7 +143,9 @@ def test_pretrained_encoder_loads_from_a_ctc_folder_and_the_animator_rebuilds_wi
     assert all(module.training for module in m.modules())  # as any new module: training mode until .eval()
     m.eval()
     w2v = m.audio_encoder.wav2vec2
-    assert torch.equal(w2v.encoder.layers[0].attention.q_proj.weight, ctc.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    assert torch.equal(
+        w2v.encoder.layers[0].attention.q_proj.weight, ctc.wav2vec2.encoder.layers[0].attention.q_proj.weight
+    )
     assert m.cfg.audio["hidden_size"] == 32
     assert not any(p.requires_grad for p in w2v.feature_extractor.parameters())
     assert all(p.requires_grad for p in w2v.encoder.parameters())

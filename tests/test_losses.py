@@ -1,4 +1,5 @@
 """The animator losses: vertex terms with padding, and L_av's gradient reaching the lips through the renderer."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,17 @@ from avguide.losses import AVGuidance, LossWeights, animator_loss, vertex_mse
 from avguide.models.expert import Expert, ExpertConfig
 from avguide.render.mouth import MouthView
 
-TINY_EXPERT = dict(d_model=32, n_heads=2, ffn_dim=64, conformer_layers=1, conv_kernel=5, decoder_layers=1,
-                   stem_channels=8, resnet_channels=(8, 16), dropout=0.0)
+TINY_EXPERT = dict(
+    d_model=32,
+    n_heads=2,
+    ffn_dim=64,
+    conformer_layers=1,
+    conv_kernel=5,
+    decoder_layers=1,
+    stem_channels=8,
+    resnet_channels=(8, 16),
+    dropout=0.0,
+)
 
 
 def test_vertex_mse_ignores_padding_and_selects_vertices():
@@ -37,10 +47,16 @@ def mouth_batch(face, frames=6):
     vertices = torch.from_numpy(Rig(face).pose(params)).float()[None]
     tokens = torch.tensor([VOCAB.encode("bin")])
     g = torch.Generator().manual_seed(0)
-    return {"vertices": vertices, "templates": torch.from_numpy(face.vertices).float()[None],
-            "n_frames": torch.tensor([frames]), "frame_mask": torch.ones(1, frames, dtype=torch.bool),
-            "audio": 0.1 * torch.randn(1, frames * 640, generator=g), "audio_lengths": torch.tensor([frames * 640]),
-            "tokens": tokens, "token_lengths": torch.tensor([3])}
+    return {
+        "vertices": vertices,
+        "templates": torch.from_numpy(face.vertices).float()[None],
+        "n_frames": torch.tensor([frames]),
+        "frame_mask": torch.ones(1, frames, dtype=torch.bool),
+        "audio": 0.1 * torch.randn(1, frames * 640, generator=g),
+        "audio_lengths": torch.tensor([frames * 640]),
+        "tokens": tokens,
+        "token_lengths": torch.tensor([3]),
+    }
 
 
 class Fixed(torch.nn.Module):
@@ -62,8 +78,14 @@ def test_av_gradient_is_concentrated_on_the_lips(face):
     torch.manual_seed(0)
     batch = mouth_batch(face)
     guidance = AVGuidance(Expert(ExpertConfig(mode="av", **TINY_EXPERT)), MouthView(face), update_expert=False)
-    terms = animator_loss(Fixed(batch["vertices"] + 0.001), batch, LossWeights(mse=1.0, rlv=1.0, av=1.0),
-                          face.lip_ids, guidance, diagnose=True)
+    terms = animator_loss(
+        Fixed(batch["vertices"] + 0.001),
+        batch,
+        LossWeights(mse=1.0, rlv=1.0, av=1.0),
+        face.lip_ids,
+        guidance,
+        diagnose=True,
+    )
     assert torch.isfinite(terms["loss"]) and terms["ctc"] > 0 and terms["ce"] > 0
     assert terms["grad_lip"] > 0, "L_av has no gradient on the lip vertices"
     ratio = (terms["grad_lip"] / terms["grad_nonlip"]).item()

@@ -1,8 +1,9 @@
-"""LVE, MVE and FDD against values computed by hand."""
+"""LVE, MVE and FDD against values computed by hand; the edit distance (jiwer's) against the textbook one."""
+
 import numpy as np
 import pytest
 
-from avguide.metrics import fdd, lve, mve
+from avguide.metrics import GAP, align, cer, edit_distance, fdd, lve, mve, wer
 
 
 def test_lve_is_the_mean_over_frames_of_the_worst_lip_vertex():
@@ -44,3 +45,48 @@ def test_lengths_and_shapes_are_checked():
         mve(np.zeros((10, 5, 3)), gt)
     with pytest.raises(ValueError, match="one template per sequence"):
         fdd([gt, gt], [gt, gt], [np.zeros((4, 3))] * 3, [0])
+
+
+def levenshtein(ref, hyp) -> int:
+    """The textbook dynamic programme (what metrics.edit_distance computed before it used jiwer)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def test_edit_distance_and_alignment_are_levenshteins():
+    rng = np.random.default_rng(0)
+    cases = [
+        ("kitten", "sitting"),
+        ("", "abc"),
+        ("abc", ""),
+        ("", ""),
+        ("flaw", "lawn"),
+        (" a b ", "a  b"),
+        ("bin blue".split(), "pin blue now".split()),
+        (["PP", "ih", "nn"], ["kk", "RR", "ih", "nn"]),
+    ]
+    cases += [
+        (list(rng.choice(list("abc "), rng.integers(0, 9))), list(rng.choice(list("abc "), rng.integers(0, 9))))
+        for _ in range(300)
+    ]
+    for ref, hyp in cases:
+        d = edit_distance(ref, hyp)
+        assert d == levenshtein(ref, hyp), (ref, hyp)
+        pairs = align(ref, hyp)
+        assert sum(a != b for a, b in pairs) == d
+        assert [a for a, _ in pairs if a != GAP] == list(ref) and [b for _, b in pairs if b != GAP] == list(hyp)
+
+
+def test_error_rates_of_empty_transcripts():
+    assert cer("abc", "") == 1.0 and wer("a b", "") == 1.0  # nothing read: every reference token deleted
+    assert cer(["ab", ""], ["ab", "xy"]) == 1.0  # an empty reference adds insertions, no length
+    assert cer(" ab", "ab") == 1 / 3  # spaces are characters, leading and trailing ones too
+    with pytest.raises(ValueError, match="references are all empty"):
+        cer([""], ["abc"])
+    with pytest.raises(ValueError, match="references are all empty"):
+        wer(["  "], ["abc"])

@@ -42,7 +42,9 @@ def test_an_overlay_holds_only_what_differs(name):
             if isinstance(v, dict):
                 same(v, b[k], f"{at}{k}.")
             else:
-                assert v != b[k] or k.endswith("_dir") or k == "root" or k == "faces_path", f"{name}: {at}{k} repeats the default"
+                assert v != b[k] or k.endswith("_dir") or k == "root" or k == "faces_path", (
+                    f"{name}: {at}{k} repeats the default"
+                )
 
     same(overlay, default)
     composed = load_params(profile=name)
@@ -124,8 +126,9 @@ def test_compose_writes_params_yaml_and_refuses_a_second_profile(project):
 
 
 def test_make_reproduce_composes_the_profile_before_dvc_repro():
-    out = subprocess.run(["make", "-n", "reproduce", "PROFILE=biwi"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "reproduce", "PROFILE=biwi"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert out.index("avguide.params compose biwi") < out.index("dvc repro")
     default = subprocess.run(["make", "-n", "reproduce"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "avguide.params compose default" in default

@@ -26,8 +26,14 @@ def test_each_epoch_prints_one_line_with_its_loss(tmp_path, capsys):
     torch.manual_seed(0)
     x = torch.linspace(-1, 1, 16)[:, None]
     data = DataLoader(TensorDataset(x, 3 * x), batch_size=4)
-    trainer = make_trainer({"accelerator": "cpu", "devices": 1, "max_epochs": 3}, tmp_path, logger=False,
-                           enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = make_trainer(
+        {"accelerator": "cpu", "devices": 1, "max_epochs": 3},
+        tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Line(), data)
     lines = [line for line in capsys.readouterr().out.splitlines() if ": epoch " in line]
     assert [line.split(": epoch ")[1].split()[0] for line in lines] == ["1/3", "2/3", "3/3"]

@@ -1,4 +1,5 @@
 """VOCASET / BIWI readers on tiny fixtures written in the datasets' real on-disk formats."""
+
 from __future__ import annotations
 
 import json
@@ -287,7 +288,7 @@ def test_missing_faces_and_region_files(tmp_path: Path) -> None:
         prepare_vocaset(tmp_path / "out", raw_dir=tmp_path / "raw", **vocaset_args(tmp_path))
 
 
-def processed_fixture(tmp_path: Path, subjects: list[str] = [TRAIN]) -> dict:
+def processed_fixture(tmp_path: Path, subjects: tuple[str, ...] = (TRAIN,)) -> dict:
     make_processed(tmp_path, subjects, ["sentence01", "sentence02"], fps=30)
     write_ply(tmp_path / "FLAME_sample.ply", FACES, binary=True)
     write_regions(tmp_path / "regions")

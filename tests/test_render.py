@@ -1,11 +1,20 @@
 """Differentiable renderer: gradients against finite differences, mouth crops, fitting, input checks."""
+
 import numpy as np
 import pytest
 import torch
 
 from avguide.face.rig import Rig
 from avguide.face.template import build_face, lip_opening
-from avguide.render import MeshRenderer, OrthoCamera, RasterSettings, ShaderSettings, mouth_camera, rasterize, render_mouth
+from avguide.render import (
+    MeshRenderer,
+    OrthoCamera,
+    RasterSettings,
+    ShaderSettings,
+    mouth_camera,
+    rasterize,
+    render_mouth,
+)
 from avguide.render.filters import gaussian_blur
 
 

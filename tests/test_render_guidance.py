@@ -1,5 +1,6 @@
 """L_av's mouth render at a lower rasterizer resolution (MouthView.render_size): pixels repeated to the full
 size, what the expert sees after its 2x pooling nearly unchanged, gradients intact."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """The fast renderer against a slow one written from the definition: every (pixel, face) pair tested, the K
 front-most kept per pixel, shaded and blended by the same formulas. Images and gradients must agree."""
+
 import math
 
 import numpy as np
@@ -112,12 +113,18 @@ def face():
 
 def _layers():
     """Four large triangles at close depths, each pixel under up to four of them, every edge a silhouette."""
-    corners = torch.tensor([[[-1.1, -0.9], [0.9, -1.0], [0.2, 1.1]],
-                            [[-0.9, 0.8], [-0.3, -1.2], [1.0, 0.5]],
-                            [[-1.2, -0.2], [1.1, -0.6], [0.6, 0.9]],
-                            [[-0.5, 1.2], [-0.8, -1.1], [0.9, 0.1]]], dtype=torch.float64)
-    depth = torch.tensor([[0.00, 0.02, -0.01], [-0.03, 0.01, -0.02], [-0.05, -0.04, 0.0], [-0.06, -0.02, -0.04]],
-                         dtype=torch.float64)
+    corners = torch.tensor(
+        [
+            [[-1.1, -0.9], [0.9, -1.0], [0.2, 1.1]],
+            [[-0.9, 0.8], [-0.3, -1.2], [1.0, 0.5]],
+            [[-1.2, -0.2], [1.1, -0.6], [0.6, 0.9]],
+            [[-0.5, 1.2], [-0.8, -1.1], [0.9, 0.1]],
+        ],
+        dtype=torch.float64,
+    )
+    depth = torch.tensor(
+        [[0.00, 0.02, -0.01], [-0.03, 0.01, -0.02], [-0.05, -0.04, 0.0], [-0.06, -0.02, -0.04]], dtype=torch.float64
+    )
     corners = corners + 0.013 * torch.sin(torch.arange(24, dtype=torch.float64)).view(4, 3, 2)  # no pixel on a kink
     verts = torch.cat([corners, depth[..., None]], -1)
     faces = torch.arange(12).view(4, 3)

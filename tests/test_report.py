@@ -1,8 +1,10 @@
 """The evaluation report: tables pool like avguide.metrics, figures show what they say, the README block and the
 paper's parameter files."""
+
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ import yaml
 from avguide import report
 from avguide.metrics import cer, edit_distance, fdd, lve, mve, to_visemes, ver, wer
 from avguide.params import load_params
+from avguide.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPS, UPPER = [0, 1, 2], [4, 5]
@@ -20,26 +23,27 @@ HYPS = ["pin blue at f two now", "place rod by six vast", ""]
 
 
 def write_per_utterance(folder: Path, seeds=(0,)) -> dict:
-    """A per_utterance.csv as the evaluate stage writes it, from random sequences; returns them too."""
+    """A per_utterance.csv as the evaluate stage writes it (avguide.scoring.score's rows), from random sequences;
+    returns them too."""
     rng = np.random.default_rng(0)
+    topology = SimpleNamespace(lip_ids=LIPS, upper_face_ids=UPPER)
     data, rows = {}, []
     for seed in seeds:
         pred, true, templates = [], [], []
-        for k, n in enumerate((5, 7, 4)):
+        for n in (5, 7, 4):
             t = rng.normal(size=(n, 6, 3))
             tm = rng.normal(size=(6, 3))
             p = t + rng.normal(scale=0.1 * (1 + seed), size=t.shape)
             pred.append(p), true.append(t), templates.append(tm)
-            rows.append({"model": "m", "seed": seed, "utterance": f"u{k}", "subject": f"s{k % 2}", "n_frames": n,
-                         "LVE": lve([p], [t], LIPS), "MVE": mve([p], [t]), "FDD": fdd([p], [t], [tm], UPPER),
-                         "CER": cer([REFS[k]], [HYPS[k]]), "reference": REFS[k], "judge": HYPS[k]})
+        _, per_utt = score(pred, true, templates, topology, REFS, HYPS, ["u0", "u1", "u2"], ["s0", "s1", "s0"])
+        rows.append(per_utt.assign(model="m", seed=seed)[["model", "seed", *per_utt.columns]])
         data[seed] = (pred, true, templates)
-    pd.DataFrame(rows).to_csv(folder / "per_utterance.csv", index=False)
+    pd.concat(rows).to_csv(folder / "per_utterance.csv", index=False)
     return data
 
 
 def test_pooled_rows_give_the_metrics_of_the_whole_run(tmp_path):
-    (pred, true, templates), = write_per_utterance(tmp_path).values()
+    ((pred, true, templates),) = write_per_utterance(tmp_path).values()
     table = report.per_utterance(tmp_path)
     got = report.seed_metrics(table).iloc[0]
     assert got["LVE"] == pytest.approx(lve(pred, true, LIPS), rel=1e-12)
@@ -159,8 +163,14 @@ def test_lip_aperture_of_a_corpus_utterance_closes_on_bilabials():
 
 def test_key_frames_pick_the_extremes_inside_each_segment():
     fps = 10
-    phonemes = pd.DataFrame({"phoneme": ["b", "I", "aa", "m"], "viseme": ["PP", "ih", "aa", "PP"],
-                             "start_s": [0.0, 0.3, 0.5, 1.0], "end_s": [0.3, 0.5, 1.0, 1.2]})
+    phonemes = pd.DataFrame(
+        {
+            "phoneme": ["b", "I", "aa", "m"],
+            "viseme": ["PP", "ih", "aa", "PP"],
+            "start_s": [0.0, 0.3, 0.5, 1.0],
+            "end_s": [0.3, 0.5, 1.0, 1.2],
+        }
+    )
     aperture = np.array([3, 1, 2, 5, 5, 6, 9, 7, 6, 6, 4, 0.5, 2], float)
     frames = report.key_frames(phonemes, aperture, fps)
     assert [f for f, _ in frames] == [1, 6, 11]
@@ -169,13 +179,16 @@ def test_key_frames_pick_the_extremes_inside_each_segment():
 
 def test_word_spans_cover_each_word_in_order():
     from avguide.data.speech import synthesize
-
     from avguide.face.visemes import load_table
 
     text = "bin blue at f two fast"
     speech = synthesize(text)  # says "at" with a t of another flavour than "at" alone: still found by its visemes
-    phonemes = pd.DataFrame([{"phoneme": p, "viseme": "+".join(load_table().of(p)), "start_s": s, "end_s": e}
-                             for p, s, e in speech.phonemes])
+    phonemes = pd.DataFrame(
+        [
+            {"phoneme": p, "viseme": "+".join(load_table().of(p)), "start_s": s, "end_s": e}
+            for p, s, e in speech.phonemes
+        ]
+    )
     spans = report.word_spans(phonemes, text)
     assert [s[0] for s in spans] == text.split()
     assert [s[1] for s in spans] == sorted(s[1] for s in spans)
@@ -193,8 +206,13 @@ def test_nearest_neighbour_accuracy_and_tsne_figure():
     assert report.nearest_neighbour_accuracy(x, y) == 1.0
     same = np.ones((16, 5))
     assert report.nearest_neighbour_accuracy(same + 1e-9 * rng.normal(size=same.shape), y) < 0.9
-    features = pd.DataFrame([{"pair": "bin / pin", "input": name, "word": w, "x": v}
-                             for name in ("audio-visual", "video only") for w, v in zip(y, x)])
+    features = pd.DataFrame(
+        [
+            {"pair": "bin / pin", "input": name, "word": w, "x": v}
+            for name in ("audio-visual", "video only")
+            for w, v in zip(y, x)
+        ]
+    )
     fig = report.plot_tsne(features)
     assert len(fig.axes) == 2 and "100 %" in fig.axes[0].get_title()
 
@@ -219,19 +237,49 @@ def test_training_curves_read_every_dvclive_run(tmp_path):
 
 METRICS_JSON = {
     "ground_truth": {"LVE": 0.0, "MVE": 0.0, "FDD": 0.0, "CER": 0.112, "WER": 0.2917, "VER": 0.1491, "n_seeds": 1},
-    "faceformer-avguide": {"LVE": 2.8237e-05, "MVE": 0.0016213, "FDD": 1.141e-07, "CER": 0.5312, "WER": 0.775,
-                           "VER": 0.5623, "LVE_std": 1.2e-06, "MVE_std": 1e-05, "FDD_std": 2e-09, "CER_std": 0.011,
-                           "WER_std": 0.02, "VER_std": 0.013, "n_seeds": 3},
+    "faceformer-avguide": {
+        "LVE": 2.8237e-05,
+        "MVE": 0.0016213,
+        "FDD": 1.141e-07,
+        "CER": 0.5312,
+        "WER": 0.775,
+        "VER": 0.5623,
+        "LVE_std": 1.2e-06,
+        "MVE_std": 1e-05,
+        "FDD_std": 2e-09,
+        "CER_std": 0.011,
+        "WER_std": 0.02,
+        "VER_std": 0.013,
+        "n_seeds": 3,
+    },
 }
-RUN = {"commit": "abc1234", "uncommitted_changes": False, "date": "2026-11-22", "seconds": 300, "test_utterances": 80,
-       "test_subjects": 2, "seeds": [0, 1, 2], "machine": {"cpu": "Test CPU @ 2.0GHz", "cores": 2, "gpu": None}}
+RUN = {
+    "commit": "abc1234",
+    "uncommitted_changes": False,
+    "date": "2026-11-22",
+    "seconds": 300,
+    "test_utterances": 80,
+    "test_subjects": 2,
+    "seeds": [0, 1, 2],
+    "machine": {"cpu": "Test CPU @ 2.0GHz", "cores": 2, "gpu": None},
+}
 
 
 def test_readme_block_states_the_numbers_commit_and_machine():
     block = report.readme_block(METRICS_JSON, RUN)
     flat = block.replace("\n", " ")  # the prose is wrapped
-    for text in ("2.824e-05 ± 1.200e-06", "1.62 ± 0.01", "53.1 % ± 1.1 %", "11.2 %", "29.2 %", "14.9 %",
-                 "`abc1234`", "Test CPU @ 2.0GHz, 2 cores, no GPU", "80 test utterances", "figures/visemes.png"):
+    for text in (
+        "2.824e-05 ± 1.200e-06",
+        "1.62 ± 0.01",
+        "53.1 % ± 1.1 %",
+        "11.2 %",
+        "29.2 %",
+        "14.9 %",
+        "`abc1234`",
+        "Test CPU @ 2.0GHz, 2 cores, no GPU",
+        "80 test utterances",
+        "figures/visemes.png",
+    ):
         assert text in flat, text
     assert block.startswith(report.START) and block.endswith(report.END)
     assert "uncommitted" not in block
@@ -245,9 +293,21 @@ def test_metrics_table_files_hold_the_numbers_in_display_units(tmp_path):
     paths = report.write_table(METRICS_JSON, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faceformer-avguide.json", "ground_truth.json"]
     row = json.loads((tmp_path / "faceformer-avguide.json").read_text())
-    assert row == {"LVE_mm2": 28.24, "LVE_mm2_sd": 1.2, "MVE_mm": 1.621, "MVE_mm_sd": 0.01, "FDD_mm2": 0.1141,
-                   "FDD_mm2_sd": 0.002, "CER_pct": 53.12, "CER_pct_sd": 1.1, "WER_pct": 77.5, "WER_pct_sd": 2.0,
-                   "VER_pct": 56.23, "VER_pct_sd": 1.3, "seeds": 3}
+    assert row == {
+        "LVE_mm2": 28.24,
+        "LVE_mm2_sd": 1.2,
+        "MVE_mm": 1.621,
+        "MVE_mm_sd": 0.01,
+        "FDD_mm2": 0.1141,
+        "FDD_mm2_sd": 0.002,
+        "CER_pct": 53.12,
+        "CER_pct_sd": 1.1,
+        "WER_pct": 77.5,
+        "WER_pct_sd": 2.0,
+        "VER_pct": 56.23,
+        "VER_pct_sd": 1.3,
+        "seeds": 3,
+    }
     assert len(paths) == 2
 
 
@@ -283,7 +343,7 @@ def test_readme_ablation_block_comes_from_its_own_eval_dir(tmp_path, monkeypatch
     assert report.main(["readme", "--block", "ablation", "--eval-dir", str(tmp_path / "ablation")]) == 0
     text = readme.read_text()
     assert text.startswith(f"{report.START}\nmain\n{report.END}\n")  # the main block untouched
-    ablation = text[text.index(start):]
+    ablation = text[text.index(start) :]
     assert "old" not in ablation and "| `faceformer-avguide` | 2.824e-05 ± 1.200e-06" in ablation
     assert "over 3 seeds (mean ± sd)" in ablation.replace("\n", " ") and "figures/" not in ablation
     with pytest.raises(ValueError, match="block"):
@@ -298,6 +358,7 @@ def test_readme_has_the_generated_blocks():
 
 
 # ---------------------------------------------------------------- videos and mouth crops on the smoke corpus
+
 
 @pytest.fixture(scope="module")
 def smoke_corpus():
@@ -316,8 +377,13 @@ def test_comparison_videos_have_three_faces_and_sound(smoke_corpus, tmp_path):
 
     utt = smoke_corpus.split("test")["utterance"].iloc[0]
     true = smoke_corpus.vertices(utt)
-    preds = {"ground_truth": [true], "static_template": [true], "ff-baseline": [true * 1.001], "ff-mse": [true],
-             "ff-avguide": [true * 0.999]}
+    preds = {
+        "ground_truth": [true],
+        "static_template": [true],
+        "ff-baseline": [true * 1.001],
+        "ff-mse": [true],
+        "ff-avguide": [true * 0.999],
+    }
     paths = report.comparison_videos(smoke_corpus, preds, [utt], tmp_path, size=64)
     assert [p.name for p in paths] == [f"ff_{utt}.mp4"]
     frames, fps = read_video(paths[0])
@@ -339,9 +405,24 @@ def test_mouth_strips_show_the_chosen_frames(smoke_corpus):
 
 
 def paired_rows(model, seed, char_err, lve_value, utterances):
-    return [{"model": model, "seed": seed, "utterance": u, "n_frames": 10 + k, "LVE": lve_value, "MVE": 1.0, "FDD": 1.0,
-             "char_err": e, "chars": 20, "word_err": 0, "words": 4, "vis_err": e, "visemes": 20}
-            for k, (u, e) in enumerate(zip(utterances, char_err))]
+    return [
+        {
+            "model": model,
+            "seed": seed,
+            "utterance": u,
+            "n_frames": 10 + k,
+            "LVE": lve_value,
+            "MVE": 1.0,
+            "FDD": 1.0,
+            "char_err": e,
+            "chars": 20,
+            "word_err": 0,
+            "words": 4,
+            "vis_err": e,
+            "visemes": 20,
+        }
+        for k, (u, e) in enumerate(zip(utterances, char_err))
+    ]
 
 
 def test_paired_differences_score_both_models_on_the_same_draw():
@@ -353,12 +434,14 @@ def test_paired_differences_score_both_models_on_the_same_draw():
         rows += paired_rows("ff-mse", seed, control, 2.0, utts)
         rows += paired_rows("ff-avguide", seed, control - 1, 2.2, utts)  # one error fewer everywhere, LVE +10 %
         rows += paired_rows("ff-baseline", seed, control, 2.0, utts)
-        rows += paired_rows("ct-avguide", seed, control, 2.0, utts)      # no control: not compared
+        rows += paired_rows("ct-avguide", seed, control, 2.0, utts)  # no control: not compared
     paired = report.paired_differences(pd.DataFrame(rows))
     assert set(paired["model"]) == {"ff-avguide"} and set(paired["control"]) == {"ff-mse"}
     by = paired.set_index("metric")
     assert by.loc["CER", "diff"] == pytest.approx(-5.0)  # 1 of 20 characters, in points
-    assert by.loc["CER", "lo"] == pytest.approx(-5.0) and by.loc["CER", "hi"] == pytest.approx(-5.0)  # paired: no spread
+    assert by.loc["CER", "lo"] == pytest.approx(-5.0) and by.loc["CER", "hi"] == pytest.approx(
+        -5.0
+    )  # paired: no spread
     assert by.loc["LVE", "diff"] == pytest.approx(10.0)
     noisy = pd.DataFrame(rows)
     guided = noisy["model"] == "ff-avguide"
@@ -370,4 +453,6 @@ def test_paired_differences_score_both_models_on_the_same_draw():
     block = report.readme_block(METRICS_JSON, RUN, paired=paired)
     assert table in block and table not in report.readme_block(METRICS_JSON, RUN)
     with pytest.raises(ValueError, match="different utterances"):
-        report.paired_differences(pd.DataFrame([r for r in rows if not (r["model"] == "ff-mse" and r["utterance"] == "u0")]))
+        report.paired_differences(
+            pd.DataFrame([r for r in rows if not (r["model"] == "ff-mse" and r["utterance"] == "u0")])
+        )

@@ -1,4 +1,5 @@
 """The synthetic corpus: determinism, audio/motion agreement, articulation measured on the mesh, the tables."""
+
 import json
 
 import numpy as np
@@ -15,10 +16,11 @@ from avguide.face.visemes import VisemeError, articulate, load_table, viseme_key
 SMALL = dict(subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=6)
 
 
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return Corpus(build_corpus(tmp_path_factory.mktemp("c") / "synth3d", SyntheticConfig(seed=7, **SMALL), progress=False))
+    return Corpus(
+        build_corpus(tmp_path_factory.mktemp("c") / "synth3d", SyntheticConfig(seed=7, **SMALL), progress=False)
+    )
 
 
 def test_same_seed_same_bytes_other_seed_other_data(corpus, tmp_path, digest):
@@ -56,7 +58,7 @@ def test_bilabials_close_the_lips_and_open_vowels_open_the_jaw(corpus):
         gap = lip_opening(corpus.vertices(row.utterance))
         for p in phonemes[phonemes.utterance == row.utterance].itertuples():
             frame = int(round(((p.start_s + p.end_s) / 2 - lag[row.subject]) * row.fps))
-            near = gap[max(frame - 1, 0): frame + 2]  # the midpoint lies between two frames at 25 fps
+            near = gap[max(frame - 1, 0) : frame + 2]  # the midpoint lies between two frames at 25 fps
             if p.viseme == "PP":
                 closed.append(near.min())
             elif p.viseme in ("aa", "aa+ih", "aa+ou"):
@@ -92,7 +94,12 @@ def test_teeth_show_when_the_mouth_opens():
     assert rest[mid, 1] - rest[mid_low, 1] < 1e-3
     assert open_[mid_low, 1] < open_[up_teeth, 1].min() - 5e-3
     assert (open_[up_teeth, 2] > open_[mesh.part == PARTS["mouth"], 2].min()).all()
-    assert mesh.albedo[mesh.part == PARTS["teeth"]].min() > 0.8 > 0.2 > mesh.albedo[mesh.ring < 0][mesh.part[mesh.ring < 0] == PARTS["mouth"]].max()
+    assert (
+        mesh.albedo[mesh.part == PARTS["teeth"]].min()
+        > 0.8
+        > 0.2
+        > mesh.albedo[mesh.ring < 0][mesh.part[mesh.ring < 0] == PARTS["mouth"]].max()
+    )
 
 
 def test_template_regions():
@@ -126,7 +133,7 @@ def test_espeak_timings_are_exact_and_ordered():
     assert speech.phonemes[-1][2] <= len(speech.audio) / 16000 + 1e-9
     # energy rises right after the first phoneme starts: the event is where the sound is
     i = int(speech.phonemes[0][1] * 16000)
-    assert np.abs(speech.audio[:i]).max() < 0.05 < np.abs(speech.audio[i:i + 4000]).max()
+    assert np.abs(speech.audio[:i]).max() < 0.05 < np.abs(speech.audio[i : i + 4000]).max()
     with pytest.raises(ValueError, match="empty"):
         synthesize("  ")
 

@@ -1,4 +1,5 @@
 """The synthetic 2D audio-visual corpus and the human-facing videos."""
+
 import json
 
 import numpy as np
@@ -7,18 +8,18 @@ import pytest
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.synthetic2d import Synthetic2DConfig, build_av_corpus, jitter_pose
 from avguide.face.template import build_face
+from avguide.render import face_camera
 from avguide.render.movie import render_frames, write_face_video
 from avguide.render.video import read_video
-from avguide.render import face_camera
 
 SMALL = dict(identities={"train": 2, "val": 1, "test": 1}, sentences_per_identity=2)
 
 
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return AVCorpus(build_av_corpus(tmp_path_factory.mktemp("av") / "synth2d", Synthetic2DConfig(seed=3, **SMALL),
-                                    progress=False))
+    return AVCorpus(
+        build_av_corpus(tmp_path_factory.mktemp("av") / "synth2d", Synthetic2DConfig(seed=3, **SMALL), progress=False)
+    )
 
 
 def test_layout_splits_and_lengths(corpus):
@@ -58,8 +59,17 @@ def test_face_video_has_every_frame_and_the_sound(tmp_path):
     motion = np.repeat(mesh.vertices[None], 10, 0)
     motion[5:, :, 1] += 0.002
     audio = np.zeros(int(10 / 25 * 16000), np.float32)
-    path = write_face_video(tmp_path / "v.mp4", [motion, motion], mesh.vertices, mesh.faces, mesh.albedo, 25, audio,
-                            captions=["a", "b"], size=64)
+    path = write_face_video(
+        tmp_path / "v.mp4",
+        [motion, motion],
+        mesh.vertices,
+        mesh.faces,
+        mesh.albedo,
+        25,
+        audio,
+        captions=["a", "b"],
+        size=64,
+    )
     frames, fps = read_video(path)
     assert frames.shape[0] == 10 and frames.shape[2] == 128 and fps == 25
     still = render_frames(motion[:1], mesh.faces, mesh.albedo, face_camera(mesh, 64))

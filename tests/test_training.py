@@ -1,4 +1,5 @@
 """Lightning training of an animator: DDP over two CPU processes keeps the ranks identical; resume."""
+
 import json
 import os
 import subprocess
@@ -23,10 +24,18 @@ def items(n=8, seed=0):
     out = []
     for k in range(n):
         frames = 8 + k % 4
-        out.append(dict(utterance=f"u{k}", subject=f"s{k % 2}", subject_id=k % 2 - (k == n - 1),  # one unseen
-                        audio=0.1 * torch.randn(frames * 640, generator=g),
-                        vertices=0.01 * torch.randn(frames, V, 3, generator=g), template=torch.zeros(V, 3),
-                        text="a", tokens=torch.tensor([4])))
+        out.append(
+            dict(
+                utterance=f"u{k}",
+                subject=f"s{k % 2}",
+                subject_id=k % 2 - (k == n - 1),  # one unseen
+                audio=0.1 * torch.randn(frames * 640, generator=g),
+                vertices=0.01 * torch.randn(frames, V, 3, generator=g),
+                template=torch.zeros(V, 3),
+                text="a",
+                tokens=torch.tensor([4]),
+            )
+        )
     return out
 
 
@@ -38,8 +47,13 @@ def tiny_model():
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     """Two CPU processes, gloo: after a few steps both ranks hold the same weights, and they moved."""
     worker = Path(__file__).with_name("ddp_worker.py")
-    run = subprocess.run([sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    run = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
     before = tiny_model().state_dict()
@@ -66,22 +80,33 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path):
 def tiny_corpus(tmp_path_factory):
     from avguide.data.synthetic import SyntheticConfig, build_corpus
 
-    return build_corpus(tmp_path_factory.mktemp("corpus"), SyntheticConfig(
-        seed=2, subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=2), progress=False)
+    return build_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        SyntheticConfig(seed=2, subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=2),
+        progress=False,
+    )
 
 
 def tiny_params(corpus, out):
-    return {"seed": 0, "prepare": {"out": str(corpus)},
-            "train": {"out": str(out), "batch_size": 2, "lr": 1e-3,
-                      "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1},
-                      "faceformer": {"feature_dim": 32, "period": 25},
-                      "codetalker": {"epochs": [1, 1], "feature_dim": 32, "vq_dim": 32, "n_codes": 16}}}
+    return {
+        "seed": 0,
+        "prepare": {"out": str(corpus)},
+        "train": {
+            "out": str(out),
+            "batch_size": 2,
+            "lr": 1e-3,
+            "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1},
+            "faceformer": {"feature_dim": 32, "period": 25},
+            "codetalker": {"epochs": [1, 1], "feature_dim": 32, "vq_dim": 32, "n_codes": 16},
+        },
+    }
 
 
 @pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
 def test_train_stage_writes_model_and_metrics(tiny_corpus, tmp_path, animator):
     from avguide.models.checkpoint import load_checkpoint
-    from avguide.training.run import ANIMATORS, train_animator
+    from avguide.models.registry import ANIMATORS
+    from avguide.training.run import train_animator
 
     metrics = train_animator(tiny_params(tiny_corpus, tmp_path / "models"), animator, progress=False)
     assert set(metrics) == {"LVE", "MVE", "FDD", "static_template_LVE", "train_s"}
@@ -100,18 +125,38 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
     renderer and a (tiny, untrained) expert; the model moves, the gradient diagnostics are logged."""
     from avguide.models.checkpoint import load_checkpoint, save_checkpoint
     from avguide.models.expert import Expert, ExpertConfig
+    from avguide.models.registry import ANIMATORS
     from avguide.training.guide import guide_animator
-    from avguide.training.run import ANIMATORS, train_animator
+    from avguide.training.run import train_animator
 
     params = tiny_params(tiny_corpus, tmp_path / "models")
     train_animator(params, "faceformer", progress=False)
     torch.manual_seed(0)
-    save_checkpoint(Expert(ExpertConfig(d_model=32, n_heads=2, ffn_dim=64, conformer_layers=1, conv_kernel=5,
-                                        stem_channels=8, resnet_channels=(8, 16))), tmp_path / "expert-3d" / "model")
+    save_checkpoint(
+        Expert(
+            ExpertConfig(
+                d_model=32,
+                n_heads=2,
+                ffn_dim=64,
+                conformer_layers=1,
+                conv_kernel=5,
+                stem_channels=8,
+                resnet_channels=(8, 16),
+            )
+        ),
+        tmp_path / "expert-3d" / "model",
+    )
     params["pretrain_expert"] = {"augment": {}}
-    params["guide"] = {"expert_out": str(tmp_path / "expert-3d"), "epochs": 1, "lr": 1e-3, "update_expert": True,
-                       "items": 1, "render_size": 44, "augment": {"noise_prob": 1.0},
-                       "weights": {"avguide": {"mse": 1.0, "rlv": 1.0, "av": 1e-3}}}
+    params["guide"] = {
+        "expert_out": str(tmp_path / "expert-3d"),
+        "epochs": 1,
+        "lr": 1e-3,
+        "update_expert": True,
+        "items": 1,
+        "render_size": 44,
+        "augment": {"noise_prob": 1.0},
+        "weights": {"avguide": {"mse": 1.0, "rlv": 1.0, "av": 1e-3}},
+    }
     metrics = guide_animator(params, "faceformer", "avguide", seed=3, progress=False)
     assert np.isfinite(metrics["LVE"]) and metrics["static_template_LVE"] > 0
     run = tmp_path / "models" / "faceformer-avguide-seed3"

@@ -1,4 +1,5 @@
 """VER, the viseme error rate: text -> IPA (phonemizer, espeak) -> visemes (ipa_visemes.json) -> edit distance."""
+
 import json
 from importlib.resources import files
 
@@ -29,8 +30,10 @@ def test_a_case_computed_by_hand():
     # "pin green" -> p ɪ n ɡ ɹ iː n -> PP ih nn kk RR ih nn   (7)
     # after the shared PP ih nn: [PP nn ou] -> [kk RR ih nn] needs 4 edits (one match at most, 4 hyp symbols)
     # "fast" / "vast" -> FF aa SS DD both: 0 edits of 4.  VER = (4 + 0) / (6 + 4)
-    assert to_visemes(["bin blue", "pin green"]) == [["PP", "ih", "nn", "PP", "nn", "ou"],
-                                                     ["PP", "ih", "nn", "kk", "RR", "ih", "nn"]]
+    assert to_visemes(["bin blue", "pin green"]) == [
+        ["PP", "ih", "nn", "PP", "nn", "ou"],
+        ["PP", "ih", "nn", "kk", "RR", "ih", "nn"],
+    ]
     assert ver(["bin blue", "fast"], ["pin green", "vast"]) == pytest.approx(0.4)
     assert ver("at", "") == 1.0  # nothing read: every reference viseme deleted
     with pytest.raises(ValueError, match="references are all empty"):

@@ -1,4 +1,5 @@
 """MP4 writing/reading with sound, caption grids, and the 2D audio-visual corpus reader (LRS3 convention)."""
+
 import hashlib
 import subprocess
 
@@ -16,13 +17,14 @@ from avguide.render.video import VideoError, caption_grid, read_video, write_vid
 def moving_square(t=20, size=32):
     frames = np.full((t, size, size), 0.2, np.float32)
     for k in range(t):
-        frames[k, 8:16, k % (size - 8): k % (size - 8) + 8] = 1.0
+        frames[k, 8:16, k % (size - 8) : k % (size - 8) + 8] = 1.0
     return frames
 
 
 def streams(path):
-    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                          capture_output=True, text=True).stderr
+    info = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    ).stderr
     return [line.strip() for line in info.splitlines() if "Stream #" in line]
 
 
@@ -87,7 +89,9 @@ def test_lrs3_index_and_reader(tmp_path, caplog):
     assert "skipped" in caplog.text
     corpus = AVCorpus(tmp_path / "indexed")
     m = corpus.manifest
-    assert len(m) == 5 and (m["split"] == "val").sum() == 1 and set(m.loc[m.split == "test", "text"]) == {"good morning"}
+    assert (
+        len(m) == 5 and (m["split"] == "val").sum() == 1 and set(m.loc[m.split == "test", "text"]) == {"good morning"}
+    )
     video, audio = corpus.load("test/spkT/00001")
     assert video.shape == (10, 32, 32) and len(audio) == 6400
 

@@ -10,19 +10,18 @@ Common options: -q (no progress bars), --threads N (torch's CPU threads).
 Exit codes: 0 done, 1 bad input (the message on stderr says what was expected, what was found and in
 which file), 2 bad command line. Default folders come from the project's params.yaml when run inside
 the project (prepare.out, train.out), else data/... below the working directory. The logic lives in
-the library (avguide.inference, avguide.scoring, avguide.render.stream); heavy modules are imported
-only by the command that needs them, so `avguide --help` is instant.
+the library (avguide.inference, avguide.models.registry, avguide.scoring, avguide.render.stream,
+avguide.reading); heavy modules are imported only by the command that needs them, so `avguide --help` is
+instant and a bad input file is refused before torch and the models are loaded.
 """
+
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
-
-EXPERT_MODULES = ("avguide.models.expert", "avguide.training.expert")  # where `transcribe` may live
 
 
 class CommandError(ValueError):
@@ -30,6 +29,7 @@ class CommandError(ValueError):
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
 
 def _project_default(params_key: tuple[str, ...], fallback: str, suffix: str = "") -> Path:
     """A default folder from params.yaml (e.g. prepare.out) below the project root, else `fallback`."""
@@ -50,7 +50,7 @@ def _default_corpus() -> Path:
 
 
 def _default_model() -> Path:
-    return _project_default(("train", "out"), "data/models/faceformer/model", "faceformer/model")
+    return _project_default(("train", "out"), "data/animators/faceformer/model", "faceformer/model")
 
 
 def _load_corpus(folder: Path | None):
@@ -58,8 +58,10 @@ def _load_corpus(folder: Path | None):
 
     folder = folder or _default_corpus()
     if not folder.is_dir():
-        raise CommandError(f"{folder}: corpus folder not found; expected the model's training corpus "
-                           f"(manifest.csv, templates.npz, topology.npz): pass --corpus")
+        raise CommandError(
+            f"{folder}: corpus folder not found; expected the model's training corpus "
+            f"(manifest.csv, templates.npz, topology.npz): pass --corpus"
+        )
     return Corpus(folder)
 
 
@@ -87,6 +89,7 @@ def _camera(template, corpus, mouth: bool, size: int | None):
 
 # --- animate ------------------------------------------------------------------------------------------
 
+
 def cmd_animate(args) -> int:
     from avguide.data.audio import load_wav
     from avguide.inference import check_speech
@@ -100,8 +103,8 @@ def cmd_animate(args) -> int:
 def _animate(args, audio, audio_path: Path) -> int:
     import torch  # only now: a bad file is refused without loading torch
 
-    from avguide.inference import NpyFrames, animate_blocks, frames_for, load_animator, write_npy_blocks, \
-        write_obj_sequence
+    from avguide.inference import NpyFrames, animate_blocks, frames_for, write_npy_blocks, write_obj_sequence
+    from avguide.models.registry import load_animator
 
     model_dir = Path(args.model) if args.model else _default_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,24 +112,37 @@ def _animate(args, audio, audio_path: Path) -> int:
     cfg = model.cfg
     corpus = _load_corpus(Path(args.corpus) if args.corpus else None)
     if corpus.n_vertices != cfg.n_vertices:
-        raise CommandError(f"{corpus.root / 'templates.npz'}: templates have {corpus.n_vertices} vertices, the "
-                           f"model in {model_dir} animates {cfg.n_vertices}; pass the model's training corpus")
+        raise CommandError(
+            f"{corpus.root / 'templates.npz'}: templates have {corpus.n_vertices} vertices, the "
+            f"model in {model_dir} animates {cfg.n_vertices}; pass the model's training corpus"
+        )
     if len(corpus.subjects["train"]) != cfg.n_subjects:
-        raise CommandError(f"{corpus.root / 'manifest.csv'}: {len(corpus.subjects['train'])} training subjects, "
-                           f"the model in {model_dir} has {cfg.n_subjects} styles; pass its training corpus")
+        raise CommandError(
+            f"{corpus.root / 'manifest.csv'}: {len(corpus.subjects['train'])} training subjects, "
+            f"the model in {model_dir} has {cfg.n_subjects} styles; pass its training corpus"
+        )
     subject, style = _pick_subject(corpus, args.subject)
     template = corpus.templates[subject]
     if args.chunk_seconds * float(cfg.fps) < 1 or not 0 <= args.overlap_seconds < args.chunk_seconds:
-        raise CommandError(f"--chunk-seconds must last at least one frame (1/{cfg.fps:g} s) and --overlap-seconds "
-                           f"be in [0, chunk); got {args.chunk_seconds} and {args.overlap_seconds}")
+        raise CommandError(
+            f"--chunk-seconds must last at least one frame (1/{cfg.fps:g} s) and --overlap-seconds "
+            f"be in [0, chunk); got {args.chunk_seconds} and {args.overlap_seconds}"
+        )
     camera = None if args.no_video else _camera(template, corpus, args.mouth, args.size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = audio_path.stem
     n_frames = frames_for(len(audio), float(cfg.fps))
     progress = not args.quiet
-    logging.getLogger("avguide").info("animating %s (%.1f s, %d frames at %g fps) as %s with %s", audio_path,
-                                      len(audio) / 16000, n_frames, cfg.fps, subject, type(model).__name__)
+    logging.getLogger("avguide").info(
+        "animating %s (%.1f s, %d frames at %g fps) as %s with %s",
+        audio_path,
+        len(audio) / 16000,
+        n_frames,
+        cfg.fps,
+        subject,
+        type(model).__name__,
+    )
     blocks = animate_blocks(model, audio, template, style, args.chunk_seconds, args.overlap_seconds, progress)
     npy = write_npy_blocks(out_dir / f"{stem}.npy", blocks, n_frames)
     written = [npy]
@@ -136,8 +152,18 @@ def _animate(args, audio, audio_path: Path) -> int:
     if not args.no_video:
         from avguide.render.stream import stream_video
 
-        written.append(stream_video(out_dir / f"{stem}.mp4", vertices, corpus.topology.faces,
-                                    corpus.topology.albedo, camera, float(cfg.fps), audio, progress=progress))
+        written.append(
+            stream_video(
+                out_dir / f"{stem}.mp4",
+                vertices,
+                corpus.topology.faces,
+                corpus.topology.albedo,
+                camera,
+                float(cfg.fps),
+                audio,
+                progress=progress,
+            )
+        )
     for path in written:
         print(path)
     return 0
@@ -145,13 +171,16 @@ def _animate(args, audio, audio_path: Path) -> int:
 
 # --- evaluate -----------------------------------------------------------------------------------------
 
+
 def cmd_evaluate(args) -> int:
     from avguide.scoring import score_predictions
 
     pred_dir, gt_dir = Path(args.pred_dir), Path(args.gt_dir)
     if not gt_dir.is_dir():
-        raise CommandError(f"{gt_dir}: ground-truth corpus folder not found; expected manifest.csv, "
-                           f"vertices_npy/, templates.npz, topology.npz as the prepare stage writes them")
+        raise CommandError(
+            f"{gt_dir}: ground-truth corpus folder not found; expected manifest.csv, "
+            f"vertices_npy/, templates.npz, topology.npz as the prepare stage writes them"
+        )
     corpus = _load_corpus(gt_dir)
     overall, per_utt = score_predictions(pred_dir, corpus, args.dataset, args.split, progress=not args.quiet)
     out = Path(args.out) if args.out else pred_dir / "metrics.json"
@@ -159,15 +188,18 @@ def cmd_evaluate(args) -> int:
     per_utt_path = out.with_name(out.stem + "_per_utterance.csv")
     out.write_text(json.dumps(overall, indent=1) + "\n")
     per_utt.to_csv(per_utt_path, index=False, lineterminator="\n")
-    print(f"{overall['utterances']} utterances, {overall['frames']} frames: LVE {overall['LVE']:.4e}  "
-          f"MVE {overall['MVE']:.4e}  FDD {overall['FDD']:.4e}  (static template LVE "
-          f"{overall['static_template_LVE']:.4e})")
+    print(
+        f"{overall['utterances']} utterances, {overall['frames']} frames: LVE {overall['LVE']:.4e}  "
+        f"MVE {overall['MVE']:.4e}  FDD {overall['FDD']:.4e}  (static template LVE "
+        f"{overall['static_template_LVE']:.4e})"
+    )
     print(out)
     print(per_utt_path)
     return 0
 
 
 # --- render -------------------------------------------------------------------------------------------
+
 
 def cmd_render(args) -> int:
     import numpy as np
@@ -198,8 +230,9 @@ def cmd_render(args) -> int:
         template, where = corpus.templates[subject], corpus.root / "templates.npz"
     n_vertices = len(template)
     if n_vertices != corpus.n_vertices:
-        raise CommandError(f"{where}: template has {n_vertices} vertices, the corpus mesh in {corpus.root} "
-                           f"has {corpus.n_vertices}")
+        raise CommandError(
+            f"{where}: template has {n_vertices} vertices, the corpus mesh in {corpus.root} has {corpus.n_vertices}"
+        )
     shape = vertices.shape
     if len(shape) == 2 and shape[1] % 3 == 0:
         found = shape[1] // 3
@@ -210,8 +243,10 @@ def cmd_render(args) -> int:
     if shape[0] == 0:
         raise CommandError(f"{path}: holds no frames")
     if found != n_vertices:
-        raise CommandError(f"{path}: {found} vertices per frame, but the template ({where}) has "
-                           f"{n_vertices}; render needs the mesh the vertices were made on")
+        raise CommandError(
+            f"{path}: {found} vertices per frame, but the template ({where}) has "
+            f"{n_vertices}; render needs the mesh the vertices were made on"
+        )
     fps = float(args.fps) if args.fps else float(corpus.manifest["fps"].iloc[0])
     audio = None
     if args.audio:
@@ -219,32 +254,24 @@ def cmd_render(args) -> int:
         gap = len(audio) / 16000 - len(vertices) / fps
         if abs(gap) > 1.0 / fps * 2:
             logging.getLogger("avguide").warning(
-                "%s lasts %.2f s, the %d frames of %s last %.2f s at %g fps", args.audio, len(audio) / 16000,
-                len(vertices), path, len(vertices) / fps, fps)
+                "%s lasts %.2f s, the %d frames of %s last %.2f s at %g fps",
+                args.audio,
+                len(audio) / 16000,
+                len(vertices),
+                path,
+                len(vertices) / fps,
+                fps,
+            )
     out = Path(args.out) if args.out else path.with_suffix(".mp4")
     camera = _camera(template, corpus, args.mouth, args.size)
-    stream_video(out, vertices, corpus.topology.faces, corpus.topology.albedo, camera, fps, audio,
-                 progress=not args.quiet)
+    stream_video(
+        out, vertices, corpus.topology.faces, corpus.topology.albedo, camera, fps, audio, progress=not args.quiet
+    )
     print(out)
     return 0
 
 
 # --- transcribe ---------------------------------------------------------------------------------------
-
-def find_transcribe():
-    """The `transcribe` function of the lip-reading expert, from the first module of EXPERT_MODULES that
-    defines it; None if none does (the expert is not built yet)."""
-    for name in EXPERT_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):  # the module itself is missing, not one of its imports
-                continue
-            raise
-        fn = getattr(module, "transcribe", None)
-        if callable(fn):
-            return fn
-    return None
 
 
 def cmd_transcribe(args) -> int:
@@ -253,35 +280,44 @@ def cmd_transcribe(args) -> int:
         raise CommandError(f"{video}: video file not found")
     if args.audio and not Path(args.audio).is_file():
         raise CommandError(f"{args.audio}: audio file not found")
-    model_dir = Path(args.model_dir) if args.model_dir else _project_default(("pretrain_expert", "out"),
-                                                                             "data/models/expert")
+    model_dir = (
+        Path(args.model_dir) if args.model_dir else _project_default(("pretrain_expert", "out"), "data/models/expert")
+    )
     if not model_dir.is_dir():
-        raise CommandError(f"{model_dir}: expert model folder not found; train it with `dvc repro "
-                           f"pretrain_expert` or pass --model-dir")
-    transcribe = find_transcribe()
-    if transcribe is None:
-        raise CommandError(f"the lip-reading expert is not available: none of {', '.join(EXPERT_MODULES)} "
-                           f"defines transcribe()")
-    print(transcribe(video, model_dir=model_dir, audio=Path(args.audio) if args.audio else None))
+        raise CommandError(
+            f"{model_dir}: expert model folder not found; train it with `dvc repro pretrain_expert` or pass --model-dir"
+        )
+    from avguide.reading import read_lips
+
+    print(read_lips(video, Path(args.audio) if args.audio else None, model_dir=model_dir))
     return 0
 
 
 # --- parser and entry point ---------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avguide", description="Speech-driven 3D facial animation: animate, "
-                                     "evaluate, render, transcribe.")
+    parser = argparse.ArgumentParser(
+        prog="avguide", description="Speech-driven 3D facial animation: animate, evaluate, render, transcribe."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes (warnings still)")
-    common.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; on a busy "
-                        "machine 1 is often several times faster)")
+    common.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; on a busy machine 1 is often several times faster)",
+    )
 
-    p = sub.add_parser("animate", parents=[common],
-                       help="speech WAV -> vertex .npy (FaceFormer format), .obj sequence, MP4 with sound")
+    p = sub.add_parser(
+        "animate", parents=[common], help="speech WAV -> vertex .npy (FaceFormer format), .obj sequence, MP4 with sound"
+    )
     p.add_argument("audio", help="speech recording (WAV/FLAC/OGG; stereo and other rates are converted)")
-    p.add_argument("--model", help="checkpoint folder (config.json + model.safetensors); default: the "
-                   "project's trained FaceFormer, data/models/faceformer/model")
+    p.add_argument(
+        "--model",
+        help="checkpoint folder (config.json + model.safetensors); default: the "
+        "project's trained FaceFormer, data/animators/faceformer/model",
+    )
     p.add_argument("--corpus", help="the model's training corpus (templates, topology); default: data/corpus/synth3d")
     p.add_argument("--subject", help="training subject whose style and template to use (default: the first)")
     p.add_argument("--out", default=".", help="output folder (default: the working directory)")
@@ -294,16 +330,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-silence", action="store_true", help="animate silent audio instead of refusing it")
     p.set_defaults(run=cmd_animate)
 
-    p = sub.add_parser("evaluate", parents=[common],
-                       help="score predictions (<utterance>.npy, frames x V*3) against a corpus")
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="score predictions (<utterance>.npy, frames x V*3) against a corpus"
+    )
     p.add_argument("pred_dir", help="folder of <utterance>.npy predictions")
     p.add_argument("gt_dir", help="ground-truth corpus (manifest.csv, vertices_npy/, templates.npz, topology.npz)")
-    p.add_argument("--dataset", choices=["synth3d", "vocaset", "biwi"], default="synth3d",
-                   help="checks the mesh (VOCASET 5023, BIWI 23370 vertices) and labels the results")
-    p.add_argument("--split", choices=["train", "val", "test"],
-                   help="score exactly this split (every utterance needs a prediction); default: every file")
-    p.add_argument("--out", help="overall metrics JSON (default PRED_DIR/metrics.json); the per-utterance "
-                   "CSV goes beside it as <name>_per_utterance.csv")
+    p.add_argument(
+        "--dataset",
+        choices=["synth3d", "vocaset", "biwi"],
+        default="synth3d",
+        help="checks the mesh (VOCASET 5023, BIWI 23370 vertices) and labels the results",
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="score exactly this split (every utterance needs a prediction); default: every file",
+    )
+    p.add_argument(
+        "--out",
+        help="overall metrics JSON (default PRED_DIR/metrics.json); the per-utterance "
+        "CSV goes beside it as <name>_per_utterance.csv",
+    )
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("render", parents=[common], help="vertex .npy -> MP4 (with sound if --audio)")

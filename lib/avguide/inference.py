@@ -1,5 +1,6 @@
-"""Animating any speech recording with a trained animator: which class a checkpoint folder holds,
-silence and length checks, chunked inference with bounded memory, and OBJ export.
+"""Animating any speech recording with a trained animator (loaded by avguide.models.registry.load_animator):
+silence and length checks, chunked inference with bounded memory, and OBJ export. Importing this module needs
+neither torch nor the models, so a bad input file is refused at once.
 
 Every animator has `predict(audio, audio_lengths, n_frames, templates, subject_ids) -> (B, T, V, 3)` and a
 `cfg` with `n_vertices`, `n_subjects`, `fps` and `max_frames`; nothing here depends on more than that.
@@ -10,14 +11,12 @@ two predictions are cross-faded linearly, so there is no jump at a seam. Only on
 overlap are held in memory: `animate_blocks` yields the frames window by window, and the CLI appends
 them to the .npy file (`write_npy_blocks`) and reads them back a slice at a time (`NpyFrames`).
 """
+
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,6 @@ from avguide.data.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-# Animator classes by the name save_checkpoint records: (module, model class, config class), imported
-# only when needed. A class missing here is looked up in avguide.training.run.ANIMATORS (slower to import).
-ANIMATOR_CLASSES = {
-    "FaceFormer": ("avguide.models.faceformer", "FaceFormer", "FaceFormerConfig"),
-    "CodeTalker": ("avguide.models.codetalker", "CodeTalker", "CodeTalkerConfig"),
-}
-
 SILENCE_DBFS = -60.0  # loudest 20 ms window quieter than this: nothing to animate
 MIN_SECONDS = 0.1
 
@@ -42,86 +34,15 @@ class InputError(ValueError):
     """An input file is not what the command needs (the message says what was expected and found)."""
 
 
-def _import_class(name: str):
-    """(model class, config class) of animator class `name`, or None if it cannot be imported."""
-    if name in ANIMATOR_CLASSES:
-        module, model_name, cfg_name = ANIMATOR_CLASSES[name]
-        try:
-            mod = importlib.import_module(module)
-            return getattr(mod, model_name), getattr(mod, cfg_name)
-        except (ImportError, AttributeError):
-            pass
-    from avguide.training.run import ANIMATORS  # every animator the training stage knows
-
-    for model_cls, cfg_cls in ANIMATORS.values():
-        if model_cls.__name__ == name:
-            return model_cls, cfg_cls
-    return None
-
-
-def _known_names() -> list[str]:
-    return sorted(ANIMATOR_CLASSES)
-
-
-def _guess_class(folder: Path) -> str:
-    """For a checkpoint written before classes were recorded: the one known animator whose config
-    dataclass has exactly the keys of config.json (save_checkpoint writes every field)."""
-    keys = set(json.loads((folder / "config.json").read_text()))
-    matches = []
-    for name in _known_names():
-        classes = _import_class(name)
-        if classes is not None and keys == {f.name for f in fields(classes[1])}:
-            matches.append(name)
-    if len(matches) != 1:
-        raise InputError(f"{folder / 'model.safetensors'}: the checkpoint does not record its class and "
-                         f"config.json fits {matches or 'none'} of the known animators {_known_names()}")
-    return matches[0]
-
-
-def load_animator(folder: str | Path, device: str = "cpu"):
-    """The animator saved in `folder` (config.json + model.safetensors), in eval mode."""
-    from avguide.models.checkpoint import checkpoint_class, load_checkpoint
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: model folder not found; expected config.json and model.safetensors "
-                         f"as the train stage writes them (data/models/<animator>/model), or pass --model")
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise InputError(f"{folder}: no {name}; expected a checkpoint folder written by save_checkpoint")
-    name = checkpoint_class(folder) or _guess_class(folder)
-    classes = _import_class(name)
-    if classes is None:
-        raise InputError(f"{folder / 'model.safetensors'}: holds a {name!r}, which is not a known animator "
-                         f"(known: {_known_names()})")
-    try:
-        model = load_checkpoint(*classes, folder, map_location=device)
-    except TypeError as e:  # config.json has keys the config dataclass does not take
-        raise InputError(f"{folder / 'config.json'}: not a {classes[1].__name__}: {e}") from None
-    except RuntimeError:  # the tensors are not this code's model: say which, briefly
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            saved = set(f.keys())
-        cfg = classes[1](**json.loads((folder / "config.json").read_text()))
-        wanted = set(classes[0](cfg).state_dict())
-        missing, extra = sorted(wanted - saved), sorted(saved - wanted)
-        if not missing and not extra:
-            raise InputError(f"{folder / 'model.safetensors'}: tensor shapes do not match the {name} that "
-                             f"config.json describes") from None
-        raise InputError(
-            f"{folder / 'model.safetensors'}: its tensors do not fit this version's {name} ({len(missing)} missing, "
-            f"e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]}); was it trained with older code? "
-            f"Retrain it (dvc repro train)") from None
-    return model.to(device).eval()
-
-
 def loudest_dbfs(audio: np.ndarray, window: int = SAMPLE_RATE // 50) -> float:
     """Level of the loudest 20 ms window in dB full scale (-inf for all zeros)."""
     n = max(1, len(audio) // window)
-    frames = np.asarray(audio[: n * window], np.float64).reshape(n, -1) if len(audio) >= window else \
-        np.asarray(audio, np.float64)[None]
-    rms = float(np.sqrt((frames ** 2).mean(1)).max())
+    frames = (
+        np.asarray(audio[: n * window], np.float64).reshape(n, -1)
+        if len(audio) >= window
+        else np.asarray(audio, np.float64)[None]
+    )
+    rms = float(np.sqrt((frames**2).mean(1)).max())
     return 20 * np.log10(rms) if rms > 0 else float("-inf")
 
 
@@ -133,8 +54,10 @@ def check_speech(audio: np.ndarray, path: str | Path, allow_silence: bool = Fals
     level = loudest_dbfs(audio)
     if level < SILENCE_DBFS:
         if not allow_silence:
-            raise InputError(f"{path}: the audio is silent (loudest 20 ms at {level:.1f} dBFS, below "
-                             f"{SILENCE_DBFS:.0f} dBFS); expected speech. Use --allow-silence to animate it anyway")
+            raise InputError(
+                f"{path}: the audio is silent (loudest 20 ms at {level:.1f} dBFS, below "
+                f"{SILENCE_DBFS:.0f} dBFS); expected speech. Use --allow-silence to animate it anyway"
+            )
         log.warning("%s: the audio is silent (loudest 20 ms at %.1f dBFS); animating anyway", path, level)
 
 
@@ -158,8 +81,15 @@ def chunk_bounds(n_frames: int, chunk: int, overlap: int) -> list[tuple[int, int
     return bounds
 
 
-def animate_blocks(model, audio: np.ndarray, template: np.ndarray, style: int, chunk_s: float = 20.0,
-                   overlap_s: float = 1.0, progress: bool = False) -> Iterator[np.ndarray]:
+def animate_blocks(
+    model,
+    audio: np.ndarray,
+    template: np.ndarray,
+    style: int,
+    chunk_s: float = 20.0,
+    overlap_s: float = 1.0,
+    progress: bool = False,
+) -> Iterator[np.ndarray]:
     """Vertices for 16 kHz `audio` as consecutive (n, V, 3) float32 blocks, one per window, T = duration x
     the model's fps frames in all. `style`: the training subject's index. Memory: one window."""
     import torch  # imported here: checking a file needs no torch
@@ -176,8 +106,14 @@ def animate_blocks(model, audio: np.ndarray, template: np.ndarray, style: int, c
     overlap = min(int(round(overlap_s * fps)), chunk // 2)
     bounds = chunk_bounds(n_frames, chunk, overlap)
     if len(bounds) > 1:
-        log.info("animating %d frames in %d windows of %d frames (%.0f s), overlap %d", n_frames, len(bounds),
-                 chunk, chunk / fps, overlap)
+        log.info(
+            "animating %d frames in %d windows of %d frames (%.0f s), overlap %d",
+            n_frames,
+            len(bounds),
+            chunk,
+            chunk / fps,
+            overlap,
+        )
     device = next(model.parameters()).device
     templates = torch.from_numpy(template)[None].to(device)
     ids = torch.tensor([style], device=device)
@@ -198,8 +134,15 @@ def animate_blocks(model, audio: np.ndarray, template: np.ndarray, style: int, c
         tail, tail_end = pred[keep:], end
 
 
-def animate(model, audio: np.ndarray, template: np.ndarray, style: int, chunk_s: float = 20.0,
-            overlap_s: float = 1.0, progress: bool = False) -> np.ndarray:
+def animate(
+    model,
+    audio: np.ndarray,
+    template: np.ndarray,
+    style: int,
+    chunk_s: float = 20.0,
+    overlap_s: float = 1.0,
+    progress: bool = False,
+) -> np.ndarray:
     """All (T, V, 3) vertices for `audio` in one array (see animate_blocks; the CLI streams them to disk)."""
     return np.concatenate(list(animate_blocks(model, audio, template, style, chunk_s, overlap_s, progress)))
 
@@ -215,8 +158,11 @@ def write_npy_blocks(path: str | Path, blocks: Iterable[np.ndarray], n_frames: i
             for block in blocks:
                 block = np.ascontiguousarray(block, np.float32).reshape(len(block), -1)
                 if written == 0:
-                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                              "shape": (n_frames, block.shape[1])}
+                    header = {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                        "fortran_order": False,
+                        "shape": (n_frames, block.shape[1]),
+                    }
                     np.lib.format.write_array_header_1_0(f, header)
                 f.write(block.tobytes())
                 written += len(block)
@@ -249,8 +195,9 @@ class NpyFrames:
         return out
 
 
-def write_obj_sequence(folder: str | Path, vertices, faces: np.ndarray, stem: str = "frame",
-                       progress: bool = False) -> Path:
+def write_obj_sequence(
+    folder: str | Path, vertices, faces: np.ndarray, stem: str = "frame", progress: bool = False
+) -> Path:
     """One Wavefront .obj per frame, `folder`/<stem>_<frame>.obj (vertices in metres, 1-based faces)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

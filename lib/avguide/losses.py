@@ -8,6 +8,7 @@ with the speech (time-masked and noised as in the expert's training, so the vide
 words), CTC and label-smoothed cross-entropy against the transcript. CodeTalker adds its feature
 regression (the animator's own auxiliary term) in every configuration.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +45,20 @@ class AVGuidance(nn.Module):
     (rendering with gradients is the cost: benchmarks/render.py); None reads them all. The view's
     `render_size` sets the rasterizer's resolution (avguide.render.mouth.MouthView)."""
 
-    def __init__(self, expert: nn.Module, view, augment: AugmentConfig | None = None, update_expert: bool = True,
-                 items: int | None = None):
+    def __init__(
+        self,
+        expert: nn.Module,
+        view,
+        augment: AugmentConfig | None = None,
+        update_expert: bool = True,
+        items: int | None = None,
+    ):
         super().__init__()
         self.expert, self.view, self.augment, self.update_expert = expert, view, augment, update_expert
         self.items = items
         self.expert.requires_grad_(update_expert)
 
-    def train(self, mode: bool = True) -> "AVGuidance":
+    def train(self, mode: bool = True) -> AVGuidance:
         super().train(mode)
         self.expert.train(mode and self.update_expert)
         return self
@@ -68,8 +75,14 @@ class AVGuidance(nn.Module):
         return self.expert.loss(video, n_frames, audio, audio_lengths, batch["tokens"][k], batch["token_lengths"][k])
 
 
-def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, guidance: AVGuidance | None = None,
-                  diagnose: bool = False) -> dict[str, torch.Tensor]:
+def animator_loss(
+    model: nn.Module,
+    batch: dict,
+    weights: LossWeights,
+    lip_ids,
+    guidance: AVGuidance | None = None,
+    diagnose: bool = False,
+) -> dict[str, torch.Tensor]:
     """The weighted loss ("loss") and its terms on a collated batch. With `diagnose`, also the mean norm of
     dL_av/d(vertex) over lip vertices and over the other vertices (real frames only)."""
     pred, aux = model.training_prediction(batch)
@@ -91,7 +104,9 @@ def animator_loss(model: nn.Module, batch: dict, weights: LossWeights, lip_ids, 
     return terms
 
 
-def av_gradient_norms(av: torch.Tensor, pred: torch.Tensor, frame_mask: torch.Tensor, lip_ids) -> dict[str, torch.Tensor]:
+def av_gradient_norms(
+    av: torch.Tensor, pred: torch.Tensor, frame_mask: torch.Tensor, lip_ids
+) -> dict[str, torch.Tensor]:
     """Mean L2 norm of d(av)/d(vertex) on the lip vertices and on all the others, over the real frames."""
     (grad,) = torch.autograd.grad(av, pred, retain_graph=True)
     norms = grad.detach()[: len(frame_mask)].norm(dim=-1)[frame_mask]  # (N real frames, V)

@@ -9,9 +9,17 @@
   vertices, ground truth minus prediction; averaged over sequences. Positive: the prediction moves
   the upper face less than the ground truth.
 """
+
 from __future__ import annotations
 
+import json
+from importlib.resources import files
+
+import jiwer
 import numpy as np
+
+from avguide.data.text import normalize_text
+from avguide.face.visemes import load_table
 
 
 def _pairs(pred, gt) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -27,7 +35,9 @@ def _pairs(pred, gt) -> list[tuple[np.ndarray, np.ndarray]]:
         if p.shape[1] != g.shape[1]:
             raise ValueError(f"sequence {k}: prediction has {p.shape[1]} vertices, ground truth {g.shape[1]}")
         if abs(len(p) - len(g)) > 1:
-            raise ValueError(f"sequence {k}: prediction has {len(p)} frames, ground truth {len(g)} (more than one apart)")
+            raise ValueError(
+                f"sequence {k}: prediction has {len(p)} frames, ground truth {len(g)} (more than one apart)"
+            )
         n = min(len(p), len(g))
         out.append((p[:n], g[:n]))
     return out
@@ -61,15 +71,39 @@ def fdd(pred, gt, templates, upper_ids) -> float:
 
 # ---------------------------------------------------------------- transcripts (lip reading)
 
+GAP = "∅"  # the empty side of an insertion or a deletion in an alignment
+
+
+def _tokens(sentences) -> list[list[str]]:
+    """jiwer transform: each sentence is already its tokens (a string: its characters, spaces included)."""
+    return [list(s) for s in sentences]
+
+
+def _levenshtein(ref, hyp) -> jiwer.WordOutput:
+    """jiwer's minimum edit alignment of two token sequences (characters of a string, words, visemes)."""
+    return jiwer.process_words([ref], [hyp], reference_transform=_tokens, hypothesis_transform=_tokens)
+
+
 def edit_distance(ref, hyp) -> int:
     """Levenshtein distance between two sequences (substitutions, insertions, deletions all cost 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+    out = _levenshtein(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions
+
+
+def align(ref, hyp) -> list[tuple]:
+    """A minimum edit alignment (jiwer's): (reference, hypothesis) pairs, GAP on the missing side of an insertion
+    or a deletion. Its number of unequal pairs is edit_distance."""
+    ref, hyp = list(ref), list(hyp)
+    pairs = []
+    for chunk in _levenshtein(ref, hyp).alignments[0]:
+        r, h = ref[chunk.ref_start_idx : chunk.ref_end_idx], hyp[chunk.hyp_start_idx : chunk.hyp_end_idx]
+        if chunk.type == "delete":
+            pairs += [(a, GAP) for a in r]
+        elif chunk.type == "insert":
+            pairs += [(GAP, b) for b in h]
+        else:  # equal or substitute: as many on each side
+            pairs += list(zip(r, h))
+    return pairs
 
 
 def _error_rate(refs, hyps, split) -> float:
@@ -114,26 +148,24 @@ def _espeak_backend():
 
         EspeakBackend.set_library(espeakng_loader.get_library_path())
         EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
-        _ESPEAK_BACKEND = EspeakBackend("en-us", with_stress=False, preserve_punctuation=False,
-                                        language_switch="remove-flags")
+        _ESPEAK_BACKEND = EspeakBackend(
+            "en-us", with_stress=False, preserve_punctuation=False, language_switch="remove-flags"
+        )
     return _ESPEAK_BACKEND
 
 
 def ipa_viseme_table() -> dict[str, tuple[str, ...]]:
     """{IPA phoneme: visemes} from avguide/face/ipa_visemes.json, checked against visemes.json's classes."""
-    import json
-    from importlib.resources import files
-
-    from avguide.face.visemes import load_table
-
     raw = json.loads(files("avguide.face").joinpath("ipa_visemes.json").read_text(encoding="utf-8"))
     classes = set(load_table().visemes)
     table = {p: tuple(v) for p, v in raw["phonemes"].items()}
     for p, visemes in table.items():
         unknown = [v for v in visemes if v not in classes]
         if unknown or not visemes:
-            raise ValueError(f"ipa_visemes.json: phoneme {p!r} maps to {list(visemes)}; expected one or two of "
-                             f"the viseme classes of visemes.json {sorted(classes)}")
+            raise ValueError(
+                f"ipa_visemes.json: phoneme {p!r} maps to {list(visemes)}; expected one or two of "
+                f"the viseme classes of visemes.json {sorted(classes)}"
+            )
     return table
 
 
@@ -141,14 +173,13 @@ def phonemize(texts: list[str]) -> list[list[str]]:
     """IPA phonemes of each text (normalised first; word boundaries dropped), as espeak-ng says them."""
     from phonemizer.separator import Separator
 
-    from avguide.data.text import normalize_text
-
     texts = [normalize_text(t) for t in texts]
     out = [""] * len(texts)
     spoken = [k for k, t in enumerate(texts) if t]
     if spoken:
-        ipa = _espeak_backend().phonemize([texts[k] for k in spoken], separator=Separator(phone=" ", word=" | "),
-                                          strip=True, njobs=1)
+        ipa = _espeak_backend().phonemize(
+            [texts[k] for k in spoken], separator=Separator(phone=" ", word=" | "), strip=True, njobs=1
+        )
         for k, line in zip(spoken, ipa):
             out[k] = line
     return [[p for p in line.split() if p != "|"] for line in out]
@@ -161,8 +192,10 @@ def to_visemes(texts: list[str]) -> list[list[str]]:
     for text, phonemes in zip(texts, phonemize(texts)):
         missing = sorted({p for p in phonemes if p not in table})
         if missing:
-            raise ValueError(f"phoneme(s) {missing} of {text!r} are not in avguide/face/ipa_visemes.json; "
-                             f"add them there (with the visemes the lips show)")
+            raise ValueError(
+                f"phoneme(s) {missing} of {text!r} are not in avguide/face/ipa_visemes.json; "
+                f"add them there (with the visemes the lips show)"
+            )
         out.append([v for p in phonemes for v in table[p]])
     return out
 
@@ -175,7 +208,7 @@ def ver(refs, hyps) -> float:
     if len(refs) != len(hyps) or not refs:
         raise ValueError(f"need as many hypotheses as references (> 0); got {len(refs)} and {len(hyps)}")
     visemes = to_visemes(refs + hyps)
-    ref_v, hyp_v = visemes[: len(refs)], visemes[len(refs):]
+    ref_v, hyp_v = visemes[: len(refs)], visemes[len(refs) :]
     total = sum(len(r) for r in ref_v)
     if total == 0:
         raise ValueError("the references are all empty: the viseme error rate is undefined")

@@ -1,5 +1,6 @@
 """Each stage's inputs, built on demand when missing, so a notebook also runs on its own (as the tests run the
 notebooks on the smoke profile). Under `dvc repro` everything is there already and nothing is rebuilt."""
+
 from __future__ import annotations
 
 from avguide.params import project_root

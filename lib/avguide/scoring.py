@@ -1,15 +1,21 @@
-"""Scoring any method's predictions against a corpus: the `avguide evaluate` command's library side.
+"""Scoring predicted vertex sequences (and the judge's transcripts of their renders): the one definition of the
+project's metrics as every stage and command reports them.
 
-Predictions follow FaceFormer's convention: one `<utterance>.npy` per utterance, float frames x (V*3)
-((T, V, 3) is accepted too), named like the ground truth's `vertices_npy/<utterance>.npy`. The ground
-truth is a corpus as the prepare stage writes it (`avguide.data.corpus.Corpus`). The metrics are the
-project's (`avguide.metrics`): LVE, MVE, FDD, pooled over every frame of every scored utterance as
-`avguide.training.run.score` pools them, and the static-template LVE for scale.
+`score` gives the overall figures, pooled over all frames of all utterances as `avguide.metrics` computes them
+(LVE, MVE, FDD, the static-template LVE for scale; CER, WER, VER when transcripts are given), and one row per
+utterance. `pooled` re-pools any group of those rows (with `error_counts` added) into the same figures; the train
+stage, `avguide.evaluate`, the `avguide evaluate` command and `avguide.report` all use them.
+
+`score_predictions` is the `avguide evaluate` command's library side. Predictions follow FaceFormer's convention:
+one `<utterance>.npy` per utterance, float frames x (V*3) ((T, V, 3) is accepted too), named like the ground
+truth's `vertices_npy/<utterance>.npy`. The ground truth is a corpus as the prepare stage writes it
+(`avguide.data.corpus.Corpus`).
 
 Frame counts: FaceFormer's and CodeTalker's evaluation truncate prediction and ground truth to the
 shorter; here only when they are at most `MAX_FRAME_GAP` frames apart (rounding of audio length to
 frames), any larger gap is an error naming the file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,13 +26,90 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from avguide.data.corpus import Corpus
-from avguide.metrics import fdd, lve, mve
+from avguide.metrics import cer, edit_distance, fdd, lve, mve, to_visemes, ver, wer
 
 log = logging.getLogger(__name__)
 
+METRICS = ("LVE", "MVE", "FDD", "CER", "WER", "VER")
+GEOMETRY = METRICS[:3]
 MAX_FRAME_GAP = 2
 # Vertices per frame of each dataset's mesh (None: whatever the corpus's templates have).
 DATASET_VERTICES = {"synth3d": None, "vocaset": 5023, "biwi": 23370}
+
+
+def score(
+    pred, true, templates, topology, refs=None, hyps=None, utterances=None, subjects=None
+) -> tuple[dict, pd.DataFrame]:
+    """Overall figures and one row per utterance of predicted (T, V, 3) sequences against the true ones.
+
+    Overall: LVE, MVE, FDD and static_template_LVE (the template held still), pooled over every frame of every
+    utterance; with the judge's transcripts `hyps` of the renders and the references `refs`, also CER, WER, VER.
+    Rows: utterance and subject (when given), n_frames, LVE, MVE, FDD (of that utterance alone), and with
+    transcripts CER, reference, judge. `pooled(error_counts(rows))` gives the overall figures back."""
+    static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
+    overall = {
+        "LVE": lve(pred, true, topology.lip_ids),
+        "MVE": mve(pred, true),
+        "FDD": fdd(pred, true, templates, topology.upper_face_ids),
+        "static_template_LVE": lve(static, true, topology.lip_ids),
+    }
+    rows = [
+        {
+            "n_frames": min(len(p), len(t)),
+            "LVE": lve([p], [t], topology.lip_ids),
+            "MVE": mve([p], [t]),
+            "FDD": fdd([p], [t], [tm], topology.upper_face_ids),
+        }
+        for p, t, tm in zip(pred, true, templates)
+    ]
+    if refs is not None:
+        overall.update(CER=cer(refs, hyps), WER=wer(refs, hyps), VER=ver(refs, hyps))
+        for row, r, h in zip(rows, refs, hyps):
+            row.update(CER=cer([r], [h]), reference=r, judge=h)
+    table = pd.DataFrame(rows)
+    for name, values in (("subject", subjects), ("utterance", utterances)):
+        if values is not None:
+            table.insert(0, name, list(values))
+    return overall, table
+
+
+def error_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` (with reference and judge columns) plus character, word and viseme edits and reference lengths
+    per row, so that any group of rows pools into corpus-level CER, WER and VER exactly as avguide.metrics does."""
+    rows = rows.copy()
+    refs, hyps = rows["reference"].astype(str).tolist(), rows["judge"].astype(str).tolist()
+    visemes = to_visemes(refs + hyps)
+    rows["char_err"] = [edit_distance(r, h) for r, h in zip(refs, hyps)]
+    rows["chars"] = [len(r) for r in refs]
+    rows["word_err"] = [edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps)]
+    rows["words"] = [len(r.split()) for r in refs]
+    rows["vis_err"] = [edit_distance(r, h) for r, h in zip(visemes[: len(refs)], visemes[len(refs) :])]
+    rows["visemes"] = [len(r) for r in visemes[: len(refs)]]
+    return rows
+
+
+def pooling_parts(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per metric, a numerator and a denominator per row: a group's pooled metric is sum / sum. LVE and MVE pool
+    over frames (`n_frames` as weights), FDD over utterances, CER, WER and VER (rows with `error_counts`) over
+    reference characters, words and visemes."""
+    w, one = rows["n_frames"].to_numpy(float), np.ones(len(rows))
+    parts = {
+        "LVE": (rows["LVE"].to_numpy() * w, w),
+        "MVE": (rows["MVE"].to_numpy() * w, w),
+        "FDD": (rows["FDD"].to_numpy(), one),
+    }
+    if "char_err" in rows:
+        parts.update(
+            CER=(rows["char_err"].to_numpy(), rows["chars"].to_numpy()),
+            WER=(rows["word_err"].to_numpy(), rows["words"].to_numpy()),
+            VER=(rows["vis_err"].to_numpy(), rows["visemes"].to_numpy()),
+        )
+    return parts
+
+
+def pooled(rows: pd.DataFrame) -> pd.Series:
+    """The metrics of a group of per-utterance rows, pooled as `score` pools a whole run."""
+    return pd.Series({m: num.sum() / den.sum() for m, (num, den) in pooling_parts(rows).items()})
 
 
 class PredictionError(ValueError):
@@ -44,25 +127,31 @@ def load_prediction(path: Path, n_vertices: int, where: Path) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or len(arr) == 0:
         raise PredictionError(f"{path}: expected frames x (V*3) vertices (FaceFormer's .npy), found shape {arr.shape}")
     if arr.shape[1] != n_vertices:
-        raise PredictionError(f"{path}: {arr.shape[1]} vertices per frame, but the ground truth in {where} "
-                         f"has {n_vertices} (is it the same mesh?)")
+        raise PredictionError(
+            f"{path}: {arr.shape[1]} vertices per frame, but the ground truth in {where} "
+            f"has {n_vertices} (is it the same mesh?)"
+        )
     if not np.isfinite(arr).all():
         raise PredictionError(f"{path}: vertices contain NaN or infinite values")
     return arr.astype(np.float32, copy=False)
 
 
-def match_lengths(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path,
-                  max_gap: int = MAX_FRAME_GAP) -> tuple[np.ndarray, np.ndarray]:
+def match_lengths(
+    pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path, max_gap: int = MAX_FRAME_GAP
+) -> tuple[np.ndarray, np.ndarray]:
     """Both truncated to the shorter length if at most `max_gap` frames apart; else PredictionError."""
     if abs(len(pred) - len(gt)) > max_gap:
-        raise PredictionError(f"{pred_path}: {len(pred)} frames, but the ground truth {gt_path} has {len(gt)} "
-                         f"(more than {max_gap} frames apart; is the frame rate the corpus's?)")
+        raise PredictionError(
+            f"{pred_path}: {len(pred)} frames, but the ground truth {gt_path} has {len(gt)} "
+            f"(more than {max_gap} frames apart; is the frame rate the corpus's?)"
+        )
     n = min(len(pred), len(gt))
     return pred[:n], gt[:n]
 
 
-def score_predictions(pred_dir: str | Path, corpus: Corpus, dataset: str = "synth3d", split: str | None = None,
-                      progress: bool = False) -> tuple[dict, pd.DataFrame]:
+def score_predictions(
+    pred_dir: str | Path, corpus: Corpus, dataset: str = "synth3d", split: str | None = None, progress: bool = False
+) -> tuple[dict, pd.DataFrame]:
     """Overall metrics (dict) and one row per utterance (DataFrame) for the predictions in `pred_dir`.
 
     `split`: score exactly that split's utterances (each must have a prediction; others are ignored);
@@ -72,8 +161,10 @@ def score_predictions(pred_dir: str | Path, corpus: Corpus, dataset: str = "synt
         raise PredictionError(f"--dataset must be one of {sorted(DATASET_VERTICES)}; got {dataset!r}")
     expected = DATASET_VERTICES[dataset]
     if expected is not None and corpus.n_vertices != expected:
-        raise PredictionError(f"{corpus.root / 'templates.npz'}: {corpus.n_vertices} vertices per template, but "
-                         f"{dataset} meshes have {expected}; is {corpus.root} a {dataset} corpus?")
+        raise PredictionError(
+            f"{corpus.root / 'templates.npz'}: {corpus.n_vertices} vertices per template, but "
+            f"{dataset} meshes have {expected}; is {corpus.root} a {dataset} corpus?"
+        )
     if not pred_dir.is_dir():
         raise PredictionError(f"{pred_dir}: prediction folder not found")
     files = {p.stem: p for p in sorted(pred_dir.glob("*.npy"))}
@@ -87,42 +178,50 @@ def score_predictions(pred_dir: str | Path, corpus: Corpus, dataset: str = "synt
             raise PredictionError(f"{corpus.root / 'manifest.csv'}: no utterances in split {split!r}")
         missing = [u for u in wanted if u not in files]
         if missing:
-            raise PredictionError(f"{pred_dir}: no prediction for {len(missing)} of the {len(wanted)} {split!r} "
-                             f"utterances, e.g. {missing[0]}.npy")
+            raise PredictionError(
+                f"{pred_dir}: no prediction for {len(missing)} of the {len(wanted)} {split!r} "
+                f"utterances, e.g. {missing[0]}.npy"
+            )
         ignored = len(set(files) - set(wanted))
         if ignored:
             log.info("%s: %d predictions outside split %r ignored", pred_dir, ignored, split)
     else:
         unknown = sorted(set(files) - known)
         if unknown:
-            raise PredictionError(f"{files[unknown[0]]}: no utterance {unknown[0]!r} in {corpus.root / 'manifest.csv'} "
-                             f"({len(unknown)} unknown); expected names like {manifest['utterance'].iloc[0]}.npy")
+            raise PredictionError(
+                f"{files[unknown[0]]}: no utterance {unknown[0]!r} in {corpus.root / 'manifest.csv'} "
+                f"({len(unknown)} unknown); expected names like {manifest['utterance'].iloc[0]}.npy"
+            )
         wanted = [u for u in manifest["utterance"] if u in files]  # the corpus's order, as the train stage scores
-    topo = corpus.topology
-    preds, gts, templates, rows = [], [], [], []
+    preds, gts, templates, subjects, info = [], [], [], [], []
     for utt in tqdm(wanted, desc="evaluate", unit="utt", disable=not progress):
         row = corpus.row(utt)
         gt_path = corpus.root / row["vertices"]
         pred = load_prediction(files[utt], corpus.n_vertices, corpus.root)
         gt = corpus.vertices(utt)
-        n_pred, n_gt = len(pred), len(gt)
+        info.append({"split": row["split"], "pred_frames": len(pred), "gt_frames": len(gt)})
         pred, gt = match_lengths(pred, gt, files[utt], gt_path)
-        template = corpus.templates[row["subject"]]
         preds.append(pred)
         gts.append(gt)
-        templates.append(template)
-        rows.append({"utterance": utt, "subject": row["subject"], "split": row["split"], "pred_frames": n_pred,
-                     "gt_frames": n_gt, "frames": len(pred), "LVE": lve(pred, gt, topo.lip_ids),
-                     "MVE": mve(pred, gt), "FDD": fdd(pred, gt, template, topo.upper_face_ids)})
-    static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, preds)]
-    per_utt = pd.DataFrame(rows)
+        templates.append(corpus.templates[row["subject"]])
+        subjects.append(row["subject"])
+    metrics, rows = score(preds, gts, templates, corpus.topology, utterances=wanted, subjects=subjects)
+    per_utt = pd.concat(
+        [
+            rows[["utterance", "subject"]],
+            pd.DataFrame(info),
+            rows[["n_frames", *GEOMETRY]].rename(columns={"n_frames": "frames"}),
+        ],
+        axis=1,
+    )
     overall = {
-        "dataset": dataset, "pred_dir": str(pred_dir), "gt_dir": str(corpus.root), "split": split,
-        "utterances": len(rows), "frames": int(per_utt["frames"].sum()),
+        "dataset": dataset,
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(corpus.root),
+        "split": split,
+        "utterances": len(per_utt),
+        "frames": int(per_utt["frames"].sum()),
         "truncated": int((per_utt["pred_frames"] != per_utt["gt_frames"]).sum()),
-        "LVE": lve(preds, gts, topo.lip_ids),
-        "MVE": mve(preds, gts),
-        "FDD": fdd(preds, gts, templates, topo.upper_face_ids),
-        "static_template_LVE": lve(static, gts, topo.lip_ids),
+        **metrics,
     }
     return overall, per_utt

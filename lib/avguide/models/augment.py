@@ -5,6 +5,7 @@ padding untouched and takes an optional torch.Generator (on the tensors' device)
 `augment_av` applies the whole recipe of an `AugmentConfig`; it works as well on rendered video with
 ground-truth audio (the AV-guided animator loss) as on the 2D corpus.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,13 +40,13 @@ def random_crop(video: torch.Tensor, size: int, generator: torch.Generator | Non
         raise ValueError(f"random_crop: frames are {h}x{w}, smaller than the crop {size}")
     tops = (_rand(b, video.device, generator) * (h - size + 1)).long().tolist()
     lefts = (_rand(b, video.device, generator) * (w - size + 1)).long().tolist()
-    return torch.stack([video[k, :, y:y + size, x:x + size] for k, (y, x) in enumerate(zip(tops, lefts))])
+    return torch.stack([video[k, :, y : y + size, x : x + size] for k, (y, x) in enumerate(zip(tops, lefts))])
 
 
 def center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     h, w = video.shape[-2:]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return video[..., top:top + size, left:left + size]
+    return video[..., top : top + size, left : left + size]
 
 
 def random_flip(video: torch.Tensor, prob: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -54,8 +55,14 @@ def random_flip(video: torch.Tensor, prob: float = 0.5, generator: torch.Generat
     return torch.where(flip[:, None, None, None], video.flip(-1), video)
 
 
-def time_mask(x: torch.Tensor, lengths: torch.Tensor, max_width: int, every: int, fill: torch.Tensor | float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def time_mask(
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    max_width: int,
+    every: int,
+    fill: torch.Tensor | float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Adaptive time masking (auto-AVSR): item b gets lengths[b] // every masks, each of a random width in
     [0, max_width) at a random place inside its valid part, filled with `fill` (a scalar or one value per item)."""
     b, n = x.shape[0], x.shape[1]
@@ -76,12 +83,17 @@ def time_mask(x: torch.Tensor, lengths: torch.Tensor, max_width: int, every: int
     return torch.where(keep, x, fill)
 
 
-def add_noise(audio: torch.Tensor, lengths: torch.Tensor, snr_db: tuple[float, float], prob: float = 1.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def add_noise(
+    audio: torch.Tensor,
+    lengths: torch.Tensor,
+    snr_db: tuple[float, float],
+    prob: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """White noise at a random SNR (uniform in `snr_db`) on each waveform with probability `prob`, not on padding."""
     b, s = audio.shape
     valid = torch.arange(s, device=audio.device)[None] < lengths[:, None]
-    power = (audio ** 2 * valid).sum(1) / lengths.clamp(min=1)
+    power = (audio**2 * valid).sum(1) / lengths.clamp(min=1)
     snr = snr_db[0] + _rand(b, audio.device, generator) * (snr_db[1] - snr_db[0])
     scale = torch.sqrt(power / 10 ** (snr / 10)) * (_rand(b, audio.device, generator) < prob)
     noise = torch.randn(audio.shape, device=audio.device, generator=generator, dtype=audio.dtype)
@@ -94,8 +106,14 @@ def drop_stream(x: torch.Tensor, prob: float, generator: torch.Generator | None 
     return x * (~drop).view(-1, *([1] * (x.ndim - 1)))
 
 
-def augment_av(video: torch.Tensor | None, video_lengths: torch.Tensor | None, audio: torch.Tensor | None,
-               audio_lengths: torch.Tensor | None, cfg: AugmentConfig, generator: torch.Generator | None = None):
+def augment_av(
+    video: torch.Tensor | None,
+    video_lengths: torch.Tensor | None,
+    audio: torch.Tensor | None,
+    audio_lengths: torch.Tensor | None,
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+):
     """The training recipe: video random crop, flip, time masks (filled with the clip's mean frame);
     audio additive noise, time masks; optional modality dropout (never both streams of one item).
     Either stream may be None. Returns (video, audio)."""
@@ -104,13 +122,25 @@ def augment_av(video: torch.Tensor | None, video_lengths: torch.Tensor | None, a
         video = random_flip(video, cfg.flip_prob, generator)
         valid = (torch.arange(video.shape[1], device=video.device)[None] < video_lengths[:, None]).to(video.dtype)
         mean = (video * valid[..., None, None]).sum(1) / video_lengths.clamp(min=1)[:, None, None]
-        keep = time_mask(torch.ones_like(valid), video_lengths, round(cfg.video_mask_s * cfg.fps),
-                         round(cfg.video_mask_every_s * cfg.fps), 0.0, generator)
+        keep = time_mask(
+            torch.ones_like(valid),
+            video_lengths,
+            round(cfg.video_mask_s * cfg.fps),
+            round(cfg.video_mask_every_s * cfg.fps),
+            0.0,
+            generator,
+        )
         video = torch.where(keep[..., None, None] > 0, video, mean[:, None])
     if audio is not None:
         audio = add_noise(audio, audio_lengths, cfg.snr_db, cfg.noise_prob, generator)
-        audio = time_mask(audio, audio_lengths, round(cfg.audio_mask_s * cfg.sample_rate),
-                          round(cfg.audio_mask_every_s * cfg.sample_rate), 0.0, generator)
+        audio = time_mask(
+            audio,
+            audio_lengths,
+            round(cfg.audio_mask_s * cfg.sample_rate),
+            round(cfg.audio_mask_every_s * cfg.sample_rate),
+            0.0,
+            generator,
+        )
     if video is not None and audio is not None and (cfg.drop_audio_prob > 0 or cfg.drop_video_prob > 0):
         u = _rand(video.shape[0], video.device, generator)
         drop_audio = u < cfg.drop_audio_prob

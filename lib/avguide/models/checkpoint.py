@@ -5,6 +5,7 @@ folder (the `avguide` command line) knows what to rebuild; config.json stays the
 alone. One key only: safetensors writes metadata keys in no fixed order, so two keys would make the
 same weights different bytes. Checkpoints written before the class was recorded still load.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,17 +13,25 @@ depends on the codes of frames <= t), so inference decodes each frame once with 
 in length, where the public code re-decodes the whole prefix every frame; a small random wav2vec 2.0 by
 default (a local wav2vec2-base-960h with `pretrained_audio`).
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avguide.losses import vertex_mse
-from avguide.models.faceformer import (Attention, AudioEncoder, DecoderLayer, alibi_slopes, alignment_bias,
-                                       biased_causal_mask, check_styles, periodic_positional_encoding)
+from avguide.models.faceformer import (
+    Attention,
+    AudioEncoder,
+    DecoderLayer,
+    alibi_slopes,
+    alignment_bias,
+    biased_causal_mask,
+    check_styles,
+    periodic_positional_encoding,
+)
 
 
 @dataclass
@@ -173,7 +181,9 @@ class CodeTalker(nn.Module):
             x = layer(x, memory, self_bias, cross_bias, index=i)
         return self.feat_map(x).view(*x.shape[:2], self.cfg.codes_per_frame, -1)
 
-    def rollout(self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def rollout(
+        self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Autoregressive decoding fed the model's own output: (B, T, V*3) scaled offsets and the
         (B, T, codes_per_frame, code_dim) predicted features. With the cache each frame goes once through
         the predictor and once through the VQ decoder; without, the whole prefix again every frame."""

@@ -1,8 +1,10 @@
 """The audio-visual lip-reading expert (auto-AVSR design) and, in mode "video", the visual-only judge.
 
-    video (B, T, H, W) grey in [0, 1] ──► centre crop ─► 3D conv stem ─► 2D ResNet per frame ─► pool ─► conformer ─┐
-                                                                                                                   ├─► fusion MLP ─► CTC head
-    audio (B, S) 16 kHz ─► log-mel (100 Hz) ─► conv subsampling (25 Hz) ─► resampled to the video frames ─► conformer ─┘      └─► transformer decoder
+    video (B, T, H, W) grey in [0, 1] ─► centre crop ─► 3D conv stem ─► 2D ResNet per frame ─► pool ─► conformer ──────┐
+    audio (B, S) 16 kHz ─► log-mel (100 Hz) ─► conv subsampling (25 Hz) ─► resampled to the video frames ─► conformer ─┤
+        ┌──────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
+        └─► fusion MLP ─┬─► CTC head
+                        └─► transformer decoder
 
 One class serves three modes (`ExpertConfig.mode`): "av" (both streams, fused), "video" (lip reading only)
 and "audio". Audio features are linearly resampled, per item, onto the video's frame count (times
@@ -12,24 +14,31 @@ frames, so in eval mode the per-item losses do not depend on how much an item wa
 model is differentiable with respect to the video (rendered frames can be trained through it).
 
 Decoding: `greedy_ctc` and `beam_search` (attention decoder with CTC prefix scores, as ESPnet /
-auto-AVSR), both batched.
+auto-AVSR), both batched. `transcribe` decodes with the model's `decoding` settings unless told otherwise; a
+reader folder (`save_reader`) holds them beside the weights as decoding.json, and `load_expert` reads them back.
 """
+
 from __future__ import annotations
 
+import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
 from avguide.data.text import VOCAB
+from avguide.models.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 MODES = ("av", "video", "audio")
+DECODING_FILE = "decoding.json"  # beside a reader's weights: how it decodes
 
 
 @dataclass
@@ -67,6 +76,16 @@ class ExpertConfig:
         self.resnet_channels = tuple(self.resnet_channels)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a reader decodes by default: joint CTC/attention beam search with `beam_size` hypotheses (greedy CTC
+    when beam_size <= 1), the CTC prefix score weighted by `ctc_weight`. The pretrain_expert stage saves its
+    beam_size and decode_ctc_weight with each reader; these defaults are for a reader saved without them."""
+
+    beam_size: int = 5
+    ctc_weight: float = 0.3
+
+
 class ExpertLoss(NamedTuple):
     loss: torch.Tensor  # λ·ctc + (1-λ)·ce
     ctc: torch.Tensor  # CTC negative log-likelihood per target token
@@ -89,6 +108,7 @@ def sinusoids(length: int, dim: int, device=None) -> torch.Tensor:
 
 # ---------------------------------------------------------------- front ends
 
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -96,8 +116,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = nn.Sequential() if stride == 1 and cin == cout else \
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (
+            nn.Sequential()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -126,7 +149,7 @@ class VisualFrontEnd(nn.Module):
         b, t, h, w = video.shape
         if h > cfg.crop_size or w > cfg.crop_size:  # centre crop
             top, left = max(0, (h - cfg.crop_size) // 2), max(0, (w - cfg.crop_size) // 2)
-            video = video[:, :, top:top + min(h, cfg.crop_size), left:left + min(w, cfg.crop_size)]
+            video = video[:, :, top : top + min(h, cfg.crop_size), left : left + min(w, cfg.crop_size)]
         x = (video - cfg.video_mean) / cfg.video_std
         if cfg.video_pool > 1:
             x = F.avg_pool2d(x.flatten(0, 1)[:, None], cfg.video_pool)[:, 0].unflatten(0, (b, t))
@@ -147,8 +170,12 @@ class VisualFrontEnd(nn.Module):
         its time forward and backward (channels-last stacks, no padded frames)."""
         kt, pt = self.stem.kernel_size[0], self.stem.padding[0]
         stacks = F.pad(x, (0, 0, 0, 0, pt, pt)).unfold(1, kt, 1)[valid]  # (N, h, w, kt)
-        return F.conv2d(stacks.permute(0, 3, 1, 2), self.stem.weight[:, 0], stride=self.stem.stride[1:],
-                        padding=self.stem.padding[1:])
+        return F.conv2d(
+            stacks.permute(0, 3, 1, 2),
+            self.stem.weight[:, 0],
+            stride=self.stem.stride[1:],
+            padding=self.stem.padding[1:],
+        )
 
 
 class AudioFrontEnd(nn.Module):
@@ -157,8 +184,9 @@ class AudioFrontEnd(nn.Module):
     def __init__(self, cfg: ExpertConfig):
         super().__init__()
         self.hop, self.n_fft = cfg.sample_rate // 100, cfg.sample_rate // 40
-        self.mel = torchaudio.transforms.MelSpectrogram(cfg.sample_rate, n_fft=self.n_fft, hop_length=self.hop,
-                                                        n_mels=cfg.n_mels, center=False)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            cfg.sample_rate, n_fft=self.n_fft, hop_length=self.hop, n_mels=cfg.n_mels, center=False
+        )
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, 3, 2, 1)
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, 3, 2, 1)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -196,6 +224,7 @@ def resample_frames(x: torch.Tensor, n_in: torch.Tensor, n_out: torch.Tensor) ->
 
 # ---------------------------------------------------------------- encoder (torchaudio's conformer, masked)
 
+
 def conformer_forward(conformer: torchaudio.models.Conformer, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """torchaudio's Conformer with padded frames zeroed before every depthwise convolution
     (torchaudio lets padding leak into the last valid frames there)."""
@@ -221,12 +250,18 @@ def conformer_forward(conformer: torchaudio.models.Conformer, x: torch.Tensor, l
 
 
 def make_conformer(cfg: ExpertConfig) -> torchaudio.models.Conformer:
-    return torchaudio.models.Conformer(input_dim=cfg.d_model, num_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
-                                       num_layers=cfg.conformer_layers, depthwise_conv_kernel_size=cfg.conv_kernel,
-                                       dropout=cfg.dropout)
+    return torchaudio.models.Conformer(
+        input_dim=cfg.d_model,
+        num_heads=cfg.n_heads,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.conformer_layers,
+        depthwise_conv_kernel_size=cfg.conv_kernel,
+        dropout=cfg.dropout,
+    )
 
 
 # ---------------------------------------------------------------- the model
+
 
 class Expert(nn.Module):
     def __init__(self, cfg: ExpertConfig):
@@ -240,13 +275,19 @@ class Expert(nn.Module):
             self.audio_front = AudioFrontEnd(cfg)
             self.audio_encoder = make_conformer(cfg)
         if cfg.mode == "av":
-            self.fusion = nn.Sequential(nn.Linear(2 * d, cfg.ffn_dim), nn.LayerNorm(cfg.ffn_dim), nn.ReLU(),
-                                        nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+            self.fusion = nn.Sequential(
+                nn.Linear(2 * d, cfg.ffn_dim),
+                nn.LayerNorm(cfg.ffn_dim),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.ffn_dim, d),
+            )
         self.ctc_head = nn.Linear(d, cfg.vocab_size)
         self.embed = nn.Embedding(cfg.vocab_size, d)
         layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers, norm=nn.LayerNorm(d))
         self.out = nn.Linear(d, cfg.vocab_size)
+        self.decoding = Decoding()  # load_expert sets the settings saved with the reader
 
     @property
     def device(self) -> torch.device:
@@ -256,8 +297,12 @@ class Expert(nn.Module):
         """Video frames spanned by audio of these lengths (audio-only mode)."""
         return torch.floor(audio_lengths.double() * self.cfg.fps / self.cfg.sample_rate + 0.5).long().clamp(min=1)
 
-    def encode(self, video=None, video_lengths=None, audio=None, audio_lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output (B, T·upsample, d_model) and its lengths. Video (B, T, H, W) in [0, 1], audio (B, S) 16 kHz."""
+    def encode(
+        self, video=None, video_lengths=None, audio=None, audio_lengths=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output (B, T·upsample, d_model) and its lengths.
+
+        Video (B, T, H, W) in [0, 1], audio (B, S) 16 kHz."""
         cfg, r = self.cfg, self.cfg.upsample
         need = {"av": ("video", "audio"), "video": ("video",), "audio": ("audio",)}[cfg.mode]
         given = {"video": video, "audio": audio}
@@ -282,10 +327,14 @@ class Expert(nn.Module):
         if "video" in need:
             v = self.video_front(video.to(self.device), n_frames)
             v = v.repeat_interleave(r, dim=1) if r > 1 else v
-            streams.append(conformer_forward(self.video_encoder, v + sinusoids(v.shape[1], cfg.d_model, v.device), n_enc))
+            streams.append(
+                conformer_forward(self.video_encoder, v + sinusoids(v.shape[1], cfg.d_model, v.device), n_enc)
+            )
         if "audio" in need:
             a = self.audio_front(audio.to(self.device), audio_lengths.to(self.device), n_enc)
-            streams.append(conformer_forward(self.audio_encoder, a + sinusoids(a.shape[1], cfg.d_model, a.device), n_enc))
+            streams.append(
+                conformer_forward(self.audio_encoder, a + sinusoids(a.shape[1], cfg.d_model, a.device), n_enc)
+            )
         x = self.fusion(torch.cat(streams, -1)) if cfg.mode == "av" else streams[0]
         return x * lengths_to_mask(n_enc, x.shape[1])[..., None], n_enc
 
@@ -300,8 +349,17 @@ class Expert(nn.Module):
         h = self.decoder(x, enc, tgt_mask=causal, memory_key_padding_mask=~lengths_to_mask(enc_lengths, enc.shape[1]))
         return self.out(h)
 
-    def loss(self, video=None, video_lengths=None, audio=None, audio_lengths=None, tokens=None, token_lengths=None,
-             reduction: str = "mean", ctc_weight: float | None = None) -> ExpertLoss:
+    def loss(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        tokens=None,
+        token_lengths=None,
+        reduction: str = "mean",
+        ctc_weight: float | None = None,
+    ) -> ExpertLoss:
         """Joint CTC / attention loss; tokens (B, L) padded with VOCAB.pad, no <sos/eos>.
 
         Each part is per target token of its item; reduction "none" gives (B,) tensors, "mean" their mean.
@@ -311,15 +369,23 @@ class Expert(nn.Module):
         enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
         return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight)
 
-    def loss_of_encoding(self, enc: torch.Tensor, n_enc: torch.Tensor, tokens: torch.Tensor, token_lengths=None,
-                         reduction: str = "mean", ctc_weight: float | None = None) -> ExpertLoss:
+    def loss_of_encoding(
+        self,
+        enc: torch.Tensor,
+        n_enc: torch.Tensor,
+        tokens: torch.Tensor,
+        token_lengths=None,
+        reduction: str = "mean",
+        ctc_weight: float | None = None,
+    ) -> ExpertLoss:
         """`loss` on an `encode` output (enc, n_enc): for a caller that also decodes the same encoding."""
         lam = self.cfg.ctc_weight if ctc_weight is None else ctc_weight
         tokens = tokens.to(self.device)
         token_lengths = (token_lengths if token_lengths is not None else (tokens != VOCAB.pad).sum(1)).to(self.device)
         logp = self.ctc_log_probs(enc)
-        ctc = F.ctc_loss(logp.transpose(0, 1), tokens, n_enc, token_lengths, blank=VOCAB.blank, reduction="none",
-                         zero_infinity=True) / token_lengths.clamp(min=1)
+        ctc = F.ctc_loss(
+            logp.transpose(0, 1), tokens, n_enc, token_lengths, blank=VOCAB.blank, reduction="none", zero_infinity=True
+        ) / token_lengths.clamp(min=1)
         b = tokens.shape[0]
         valid = lengths_to_mask(token_lengths, tokens.shape[1])
         sos = torch.full((b, 1), VOCAB.sos, dtype=torch.long, device=self.device)
@@ -345,14 +411,31 @@ class Expert(nn.Module):
         return ctc_greedy_decode(self.ctc_log_probs(enc), n)
 
     @torch.no_grad()
-    def beam_search(self, video=None, video_lengths=None, audio=None, audio_lengths=None, beam_size: int = 5,
-                    ctc_weight: float = 0.3) -> list[str]:
+    def beam_search(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
+    ) -> list[str]:
         enc, n = self.encode(video, video_lengths, audio, audio_lengths)
+        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
         return joint_beam_search(self, enc, n, beam_size, ctc_weight)
 
-    def transcribe(self, video=None, video_lengths=None, audio=None, audio_lengths=None, beam_size: int = 5,
-                   ctc_weight: float = 0.3) -> list[str]:
-        """Transcripts by beam search (beam_size > 1) or greedy CTC (beam_size <= 1), in eval mode."""
+    def transcribe(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
+    ) -> list[str]:
+        """Transcripts by beam search (beam_size > 1) or greedy CTC (beam_size <= 1), in eval mode; settings not
+        given are the model's `decoding`."""
+        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
         was = self.training
         self.eval()
         try:
@@ -361,6 +444,12 @@ class Expert(nn.Module):
             return self.beam_search(video, video_lengths, audio, audio_lengths, beam_size, ctc_weight)
         finally:
             self.train(was)
+
+    def _settings(self, beam_size: int | None, ctc_weight: float | None) -> tuple[int, float]:
+        return (
+            self.decoding.beam_size if beam_size is None else beam_size,
+            self.decoding.ctc_weight if ctc_weight is None else ctc_weight,
+        )
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -373,8 +462,9 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[st
     return out
 
 
-def joint_beam_search(model: Expert, enc: torch.Tensor, enc_lengths: torch.Tensor, beam_size: int = 5,
-                      ctc_weight: float = 0.3) -> list[str]:
+def joint_beam_search(
+    model: Expert, enc: torch.Tensor, enc_lengths: torch.Tensor, beam_size: int, ctc_weight: float
+) -> list[str]:
     """Batched beam search: score = (1-w)·log p_att + w·log p_ctc-prefix (ESPnet's joint decoding).
 
     The CTC prefix score of every extension of every hypothesis is computed for the whole vocabulary
@@ -389,7 +479,7 @@ def joint_beam_search(model: Expert, enc: torch.Tensor, enc_lengths: torch.Tenso
     x = x.masked_fill(~tmask[..., None], 0.0)  # beyond the end: probability one, never read by the end score
     x = x.repeat_interleave(K, 0)  # (N, T, V)
     enc_k, len_k = enc.repeat_interleave(K, 0), enc_lengths.repeat_interleave(K, 0)
-    last_t = (len_k - 1)
+    last_t = len_k - 1
     blank = x[:, :, VOCAB.blank]
     r_n = torch.full((N, T), neg, device=device)  # forward variables of each hypothesis' prefix
     r_b = torch.cumsum(blank, 1)
@@ -462,68 +552,39 @@ def joint_beam_search(model: Expert, enc: torch.Tensor, enc_lengths: torch.Tenso
     return out
 
 
-# ---------------------------------------------------------------- loading and reading lips
+# ---------------------------------------------------------------- reader folders
+
+
+def save_reader(model: Expert, folder: str | Path, decoding: Decoding | None = None) -> Path:
+    """A reader folder: the weights and config (save_checkpoint) and decoding.json, the settings it decodes with
+    (`decoding`, which also becomes the model's; default: the model's own)."""
+    if decoding is not None:
+        model.decoding = decoding
+    folder = save_checkpoint(model, folder)
+    (folder / DECODING_FILE).write_text(json.dumps(asdict(model.decoding), indent=1) + "\n")
+    return folder
+
+
+def load_decoding(folder: str | Path) -> Decoding:
+    """The decoding settings saved in a reader folder; the defaults of Decoding for a folder saved without them."""
+    path = Path(folder) / DECODING_FILE
+    if not path.is_file():
+        log.info(
+            "%s: not found (a reader saved before decoding settings were); decoding with the defaults %s",
+            path,
+            Decoding(),
+        )
+        return Decoding()
+    try:
+        return Decoding(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'{path}: expected {{"beam_size": int, "ctc_weight": float}} ({e})') from None
+
 
 def load_expert(folder: str | Path, map_location: str | None = None) -> Expert:
-    """An Expert saved with avguide.models.checkpoint.save_checkpoint, in eval mode (CUDA when there is one)."""
-    from avguide.models.checkpoint import load_checkpoint
-
+    """A reader saved with save_reader (or save_checkpoint: then the default decoding), in eval mode (on CUDA when
+    there is one, unless `map_location`)."""
     device = map_location or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_checkpoint(Expert, ExpertConfig, folder, map_location=device).to(device).eval()
-
-
-def _as_video(video) -> torch.Tensor:
-    """A path to a grey mouth-crop video, or a (T, H, W) array (uint8 or [0, 1] floats) -> (T, H, W) float tensor."""
-    if isinstance(video, (str, Path)):
-        from avguide.render.video import read_video
-
-        video, _ = read_video(video)
-    if torch.is_tensor(video):
-        v = video.detach().float()
-        return v / 255 if video.dtype == torch.uint8 else v
-    arr = np.asarray(video)
-    if arr.ndim == 4 and arr.shape[-1] in (1, 3):  # colour or single-channel frames
-        arr = arr.mean(-1).astype(arr.dtype)
-    if arr.ndim != 3:
-        raise ValueError(f"video must be (T, H, W) grey frames or a path to a video; got shape {arr.shape}")
-    return torch.from_numpy(arr.astype(np.float32) / (255 if arr.dtype == np.uint8 else 1))
-
-
-def _as_audio(audio) -> torch.Tensor:
-    if isinstance(audio, (str, Path)):
-        from avguide.data.audio import load_wav
-
-        audio = load_wav(audio)
-    return torch.as_tensor(np.asarray(audio, np.float32)).reshape(-1)
-
-
-def read_clip(model: Expert, video, audio=None, beam_size: int = 5, ctc_weight: float = 0.3) -> str:
-    """Transcript of one clip by a loaded model (video: path or (T, H, W); audio: path or samples, for av/audio)."""
-    v = _as_video(video)[None].to(model.device) if video is not None and model.cfg.mode != "audio" else None
-    a = _as_audio(audio)[None].to(model.device) if audio is not None and model.cfg.mode != "video" else None
-    return model.transcribe(v, None, a, None, beam_size=beam_size, ctc_weight=ctc_weight)[0]
-
-
-_LOADED: dict[str, Expert] = {}
-
-
-def transcribe(path, model_dir: str | Path | None = None, audio=None, beam_size: int = 5) -> str:
-    """Transcript of a mouth-crop (or rendered) clip: with `audio` (a wav path or samples) by the AV expert,
-    without it by the visual-only judge. `model_dir` is the pretrain_expert output (default data/models/expert)."""
-    from avguide.params import project_root
-
-    folder = Path(model_dir) if model_dir is not None else project_root() / "data/models/expert"
-    sub = folder / ("model" if audio is not None else "judge")
-    if not (sub / "config.json").is_file():
-        raise FileNotFoundError(f"{sub}: no trained {'expert' if audio is not None else 'judge'} here "
-                                f"(run `dvc repro pretrain_expert`, or pass model_dir)")
-    key = str(sub.resolve())
-    if key not in _LOADED:
-        _LOADED[key] = load_expert(sub)
-    return read_clip(_LOADED[key], path, audio, beam_size=beam_size)
-
-
-def read_lips(video, audio=None, model_dir: str | Path | None = None, beam_size: int = 5) -> str:
-    """What is said in `video` (a path to a mouth-crop mp4, or a (T, H, W) array): by the AV expert when
-    `audio` is given, else by the visual-only judge (both from data/models/expert unless `model_dir`)."""
-    return transcribe(video, model_dir=model_dir, audio=audio, beam_size=beam_size)
+    model = load_checkpoint(Expert, ExpertConfig, folder, map_location=device).to(device).eval()
+    model.decoding = load_decoding(folder)
+    return model

@@ -10,10 +10,11 @@ initialised wav2vec 2.0 by default (a local wav2vec2-base-960h with `pretrained_
 with a key/value cache, so animating T frames costs O(T) decoder steps of O(t) work instead of
 recomputing the whole prefix every frame.
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,9 +24,19 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from avguide.losses import vertex_mse
 
-SMALL_WAV2VEC2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                      conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
-                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
+SMALL_WAV2VEC2 = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=(64,) * 7,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    mask_time_prob=0.0,
+    layerdrop=0.0,
+)
 HF_META = ("architectures", "transformers_version", "model_type", "_name_or_path", "torch_dtype", "dtype")
 
 
@@ -50,8 +61,10 @@ def load_wav2vec2(folder: str | Path) -> Wav2Vec2Model:
     """A wav2vec 2.0 encoder from a local folder (never the hub), with a clear error if it is not all there."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; expected a local copy of wav2vec2-base-960h "
-                                f"(config.json and model.safetensors or pytorch_model.bin)")
+        raise FileNotFoundError(
+            f"{folder}: no such folder; expected a local copy of wav2vec2-base-960h "
+            f"(config.json and model.safetensors or pytorch_model.bin)"
+        )
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
     if not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
         missing.append("model.safetensors or pytorch_model.bin")
@@ -81,6 +94,7 @@ def periodic_positional_encoding(n: int, dim: int, period: int) -> torch.Tensor:
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """ALiBi's per-head slopes (a geometric sequence; Press et al. 2022), as FaceFormer uses them."""
+
     def power_of_2(n):
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))
         return [start * start**i for i in range(n)]
@@ -172,7 +186,7 @@ class AudioEncoder(nn.Module):
         self.map = nn.Linear(self.wav2vec2.config.hidden_size, dim)
         self.requires_grad_(True)
 
-    def requires_grad_(self, requires_grad: bool = True) -> "AudioEncoder":
+    def requires_grad_(self, requires_grad: bool = True) -> AudioEncoder:
         """As nn.Module's, but some parameters always stay fixed: a pretrained CNN (as FaceFormer; a random
         one must learn) and SpecAugment's filler vector (unused, so DDP never sees an idle trainable tensor)."""
         super().requires_grad_(requires_grad)
@@ -184,23 +198,27 @@ class AudioEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
         if int(n_frames.max()) > self.max_frames:
-            raise ValueError(f"{int(n_frames.max())} frames is more than max_frames={self.max_frames}; "
-                             "animate long audio in chunks")
+            raise ValueError(
+                f"{int(n_frames.max())} frames is more than max_frames={self.max_frames}; animate long audio in chunks"
+            )
         mask = (torch.arange(audio.shape[1], device=audio.device)[None] < audio_lengths[:, None]).long()
         hidden = self.wav2vec2(normalize_audio(audio, mask), attention_mask=mask).last_hidden_state  # 50 Hz
         valid = self.wav2vec2._get_feat_extract_output_lengths(audio_lengths)
         out = hidden.new_zeros(len(audio), int(n_frames.max()), hidden.shape[-1])
         for b in range(len(audio)):
             item = hidden[b, : int(valid[b])].T[None]  # (1, H, S'_b)
-            out[b, : int(n_frames[b])] = F.interpolate(item, size=int(n_frames[b]), mode="linear",
-                                                       align_corners=True)[0].T
+            out[b, : int(n_frames[b])] = F.interpolate(item, size=int(n_frames[b]), mode="linear", align_corners=True)[
+                0
+            ].T
         return self.map(out)
 
 
 def check_styles(subject_ids: torch.Tensor, n_subjects: int) -> torch.Tensor:
     if (subject_ids < 0).any() or (subject_ids >= n_subjects).any():
-        raise ValueError(f"subject ids must be training styles 0..{n_subjects - 1}; got {subject_ids.tolist()} "
-                         "(unseen subjects take a training subject's style)")
+        raise ValueError(
+            f"subject ids must be training styles 0..{n_subjects - 1}; got {subject_ids.tolist()} "
+            "(unseen subjects take a training subject's style)"
+        )
     return subject_ids
 
 
@@ -278,8 +296,14 @@ class FaceFormer(nn.Module):
         rollout (FaceFormer's default) or, with `teacher_forcing`, one causal pass over the shifted ground
         truth; and the model's auxiliary loss (none)."""
         if self.cfg.teacher_forcing:
-            pred = self(batch["audio"], batch["audio_lengths"], batch["n_frames"], batch["templates"],
-                        batch["subject_ids"], batch["vertices"])
+            pred = self(
+                batch["audio"],
+                batch["audio_lengths"],
+                batch["n_frames"],
+                batch["templates"],
+                batch["subject_ids"],
+                batch["vertices"],
+            )
         else:
             memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
             offsets = self.rollout(memory, self.style_of(batch["subject_ids"])[:, None]) / self.cfg.motion_scale

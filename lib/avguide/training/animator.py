@@ -1,4 +1,5 @@
 """Training an animator (FaceFormer, CodeTalker) with Lightning: batched, masked, on any device, with DDP."""
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,16 @@ class AnimatorModule(pl.LightningModule):
     L_av on lip and on non-lip vertices; validation always reports the animator's own loss.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1e-4, unseen_style: int = 0, weights: LossWeights | None = None,
-                 guidance: AVGuidance | None = None, lip_ids=None, diagnose_every: int = 10):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 1e-4,
+        unseen_style: int = 0,
+        weights: LossWeights | None = None,
+        guidance: AVGuidance | None = None,
+        lip_ids=None,
+        diagnose_every: int = 10,
+    ):
         super().__init__()
         self.model, self.guidance = model, guidance
         self.lr = lr
@@ -59,8 +68,10 @@ class AnimatorModule(pl.LightningModule):
         decayed along a cosine to zero over the whole run."""
         opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
-                                                   "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps), "interval": "step"},
+        }
 
 
 class SaveModel(pl.Callback):
@@ -77,8 +88,18 @@ class SaveModel(pl.Callback):
 def make_trainer(cfg: dict, root: str | Path, **overrides) -> pl.Trainer:
     """A Trainer from a params.yaml `trainer` section: accelerator, devices, strategy, num_nodes,
     max_epochs, precision, gradient_clip_val, log_every_n_steps; `root` holds checkpoints and logs."""
-    allowed = {"accelerator", "devices", "strategy", "num_nodes", "max_epochs", "max_steps", "precision",
-               "gradient_clip_val", "log_every_n_steps", "check_val_every_n_epoch"}
+    allowed = {
+        "accelerator",
+        "devices",
+        "strategy",
+        "num_nodes",
+        "max_epochs",
+        "max_steps",
+        "precision",
+        "gradient_clip_val",
+        "log_every_n_steps",
+        "check_val_every_n_epoch",
+    }
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"unknown trainer settings {unknown}; allowed: {sorted(allowed)}")
@@ -90,13 +111,23 @@ class EpochLog(pl.Callback):
     """One line per training epoch on stdout, with its time and the figures logged so far: what a stage shows
     while `make reproduce` runs it (papermill --log-output passes the notebook's output on as it comes)."""
 
+    started = 0.0
+
+    def on_train_start(self, trainer, module):  # a resumed run may start in the middle of an epoch
+        self.started = time.monotonic()
+
     def on_train_epoch_start(self, trainer, module):
         self.started = time.monotonic()
 
     def on_train_epoch_end(self, trainer, module):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1)
+        figures = ", ".join(
+            f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1
+        )
         seconds = time.monotonic() - self.started
-        print(f"{trainer.default_root_dir}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
-              f"({seconds:.0f} s) {figures}", flush=True)
+        print(
+            f"{trainer.default_root_dir}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
+            f"({seconds:.0f} s) {figures}",
+            flush=True,
+        )

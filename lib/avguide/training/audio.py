@@ -6,14 +6,13 @@ The model is saved as a transformers `Wav2Vec2ForCTC` folder (config.json + mode
 format of wav2vec2-base-960h itself, so the animators load it through the one `pretrained_audio`
 path that loads the real model (`avguide.models.faceformer.load_wav2vec2`), CNN frozen as FaceFormer.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -53,8 +52,13 @@ def collate_speech(items: list[dict]) -> dict:
     audio = torch.zeros(len(items), int(lengths.max()))
     for b, x in enumerate(items):
         audio[b, : lengths[b]] = x["audio"]
-    return {"audio": audio, "audio_lengths": lengths, "tokens": torch.cat([x["tokens"] for x in items]),
-            "token_lengths": torch.tensor([len(x["tokens"]) for x in items]), "text": [x["text"] for x in items]}
+    return {
+        "audio": audio,
+        "audio_lengths": lengths,
+        "tokens": torch.cat([x["tokens"] for x in items]),
+        "token_lengths": torch.tensor([len(x["tokens"]) for x in items]),
+        "text": [x["text"] for x in items],
+    }
 
 
 def speech_model(shape: dict) -> Wav2Vec2ForCTC:
@@ -78,8 +82,14 @@ class SpeechCTC(pl.LightningModule):
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         log_probs, lengths = ctc_outputs(self.model, batch["audio"], batch["audio_lengths"])
-        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["tokens"], lengths, batch["token_lengths"],
-                          blank=VOCAB.blank, zero_infinity=True)
+        loss = F.ctc_loss(
+            log_probs.transpose(0, 1),
+            batch["tokens"],
+            lengths,
+            batch["token_lengths"],
+            blank=VOCAB.blank,
+            zero_infinity=True,
+        )
         return loss, log_probs, lengths
 
     def training_step(self, batch, _):
@@ -104,7 +114,9 @@ class SpeechCTC(pl.LightningModule):
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay
             if step < self.warmup_steps:
                 return (step + 1) / self.warmup_steps
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))))
+            return 0.5 * (
+                1 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps)))
+            )
 
         return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
 
@@ -138,8 +150,12 @@ def pretrain_audio(params: dict, progress: bool = True) -> dict:
     train_s = time.perf_counter() - start
     test = SpeechDataset(corpus, "test")
     hyps = transcribe_speech(model, test, cfg["batch_size"])
-    metrics = {"test_cer": cer(test.texts, hyps), "test_wer": wer(test.texts, hyps), "train_s": round(train_s, 1),
-               "examples": [{"ref": r, "hyp": h} for r, h in list(zip(test.texts, hyps))[:5]]}
+    metrics = {
+        "test_cer": cer(test.texts, hyps),
+        "test_wer": wer(test.texts, hyps),
+        "train_s": round(train_s, 1),
+        "examples": [{"ref": r, "hyp": h} for r, h in list(zip(test.texts, hyps))[:5]],
+    }
     if trainer.is_global_zero:
         model.save_pretrained(out / "model", safe_serialization=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

@@ -2,8 +2,8 @@
 
 Writes `pretrain_expert.out` (data/models/expert)::
 
-    model/            the AV expert (safetensors + config.json)
-    judge/            the visual-only judge (its own seed and size), used only for evaluation
+    model/            the AV expert (safetensors + config.json + decoding.json: beam_size, decode_ctc_weight)
+    judge/            the visual-only judge (its own seed and size, the same decoding), used only for evaluation
     checkpoints/      Lightning checkpoints (last.ckpt per model): an interrupted run resumes from them
     dvclive/{model,judge}/   train/val loss and val CER curves
     metrics.json      CER / WER on the held-out test identities (see `evaluate_readers`)
@@ -11,6 +11,7 @@ Writes `pretrain_expert.out` (data/models/expert)::
 "audio-only" in the metrics is the AV expert with the video zeroed (it is trained with modality
 dropout, so zeroed video is a state it knows), not a separate model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,11 +30,12 @@ from torch.utils.data import DataLoader
 
 from avguide.data.avcorpus import AVCorpus
 from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
+from avguide.data.corpus import Corpus
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, augment_av
-from avguide.models.checkpoint import save_checkpoint
-from avguide.models.expert import Expert, ExpertConfig, ctc_greedy_decode
+from avguide.models.expert import Decoding, Expert, ExpertConfig, ctc_greedy_decode, load_expert, save_reader
 from avguide.params import project_root
+from avguide.render.mouth import MouthView
 from avguide.training.animator import make_trainer
 
 
@@ -41,8 +43,15 @@ class ExpertModule(pl.LightningModule):
     """Trains an Expert on collate_av batches: augmentation (training only), joint CTC/attention loss,
     AdamW with linear warm-up and cosine decay; logs train/{loss,ctc,ce}, val/{loss,ctc,ce}, val/cer (greedy CTC)."""
 
-    def __init__(self, model: Expert, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100,
-                 augment: AugmentConfig | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: Expert,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.model, self.lr, self.weight_decay, self.warmup_steps = model, lr, weight_decay, warmup_steps
         self.augment = augment
@@ -111,7 +120,14 @@ class ThreadsFromEpoch(pl.Callback):
 
 def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    tl = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_av, generator=g, drop_last=len(train) > batch_size)
+    tl = DataLoader(
+        train,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate_av,
+        generator=g,
+        drop_last=len(train) > batch_size,
+    )
     vl = DataLoader(val, batch_size=batch_size, collate_fn=collate_av) if val is not None else None
     return tl, vl
 
@@ -128,7 +144,12 @@ def data_stamp(dataset: AVDataset) -> str:
 
 
 EVAL_ONLY = ("beam_size", "decode_ctc_weight", "eval")  # settings that change no weight
-TRAINING_CODE = ("avguide.models.expert", "avguide.models.augment", "avguide.data.avdataset", "avguide.training.expert")  # the modules whose source decides what training does
+TRAINING_CODE = (
+    "avguide.models.expert",
+    "avguide.models.augment",
+    "avguide.data.avdataset",
+    "avguide.training.expert",
+)  # the modules whose source decides what training does
 
 
 def code_stamp() -> str:
@@ -144,13 +165,38 @@ def resume_stamp(cfg: ExpertConfig, settings: dict, trainer_cfg: dict, seed: int
     """What a checkpoint must have been trained with to be resumed: the model, the training settings (not the
     evaluation's: changing the beam re-decodes, it does not retrain), the trainer, the seed, the data and the code."""
     training = {k: v for k, v in settings.items() if k not in EVAL_ONLY}
-    return json.dumps({"model": asdict(cfg), "settings": training, "trainer": trainer_cfg, "seed": seed,
-                       "data": data_stamp(train), "code": code_stamp()}, sort_keys=True, default=list)
+    return json.dumps(
+        {
+            "model": asdict(cfg),
+            "settings": training,
+            "trainer": trainer_cfg,
+            "seed": seed,
+            "data": data_stamp(train),
+            "code": code_stamp(),
+        },
+        sort_keys=True,
+        default=list,
+    )
 
 
-def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, val: AVDataset | None, out: Path,
-               seed: int, trainer_cfg: dict, progress: bool = True, callbacks: list | None = None) -> Expert:
-    """Train one reader (`cfg.mode`) and write out/<name>/ (weights + config). Resumes from
+def reader_decoding(settings: dict) -> Decoding:
+    """The decoding a reader trained with `settings` (params' pretrain_expert) is saved with."""
+    return Decoding(beam_size=settings["beam_size"], ctc_weight=settings["decode_ctc_weight"])
+
+
+def fit_reader(
+    name: str,
+    cfg: ExpertConfig,
+    settings: dict,
+    train: AVDataset,
+    val: AVDataset | None,
+    out: Path,
+    seed: int,
+    trainer_cfg: dict,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Expert:
+    """Train one reader (`cfg.mode`) and write out/<name>/ (weights, config, decoding settings). Resumes from
     out/checkpoints/<name>/last.ckpt when it was written with the same settings; other settings start afresh."""
     from dvclive.lightning import DVCLiveLogger
 
@@ -166,31 +212,55 @@ def fit_reader(name: str, cfg: ExpertConfig, settings: dict, train: AVDataset, v
     last = ckpt_dir / "last.ckpt"
     resume = last if last.is_file() else None
     augment = AugmentConfig(**settings.get("augment", {}), fps=cfg.fps)
-    module = ExpertModule(model, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.01),
-                          warmup_steps=settings.get("warmup_steps", 100), augment=augment, seed=seed)
-    logger = DVCLiveLogger(dir=str(out / "dvclive" / name), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
-    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, every_n_epochs=1,
-                                 enable_version_counter=False)
-    trainer = make_trainer(trainer_cfg, out, logger=logger, enable_progress_bar=progress,
-                           callbacks=[checkpoint, *(callbacks or [])], num_sanity_val_steps=0)
+    module = ExpertModule(
+        model,
+        lr=settings["lr"],
+        weight_decay=settings.get("weight_decay", 0.01),
+        warmup_steps=settings.get("warmup_steps", 100),
+        augment=augment,
+        seed=seed,
+    )
+    logger = DVCLiveLogger(
+        dir=str(out / "dvclive" / name), save_dvc_exp=False, dvcyaml=False, resume=resume is not None
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir), filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False
+    )
+    trainer = make_trainer(
+        trainer_cfg,
+        out,
+        logger=logger,
+        enable_progress_bar=progress,
+        callbacks=[checkpoint, *(callbacks or [])],
+        num_sanity_val_steps=0,
+    )
     tl, vl = _loaders(train, val, settings["batch_size"], seed)
     trainer.fit(module, tl, vl, ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
-        save_checkpoint(module.model, out / name)
+        save_reader(module.model, out / name, reader_decoding(settings))
     return module.model.eval()
 
 
 # ------------------------------------------------------------------ evaluation
+
 
 def _batches(dataset: AVDataset, batch_size: int):
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_av)
 
 
 @torch.no_grad()
-def transcribe_dataset(model: Expert, dataset: AVDataset, beam_size: int = 5, ctc_weight: float = 0.3,
-                       video_fn=None, audio_fn=None, batch_size: int = 32) -> tuple[list[str], list[str]]:
-    """(references, hypotheses) over a dataset; `video_fn(video, lengths)` / `audio_fn(audio, lengths)`
-    alter the inputs first (None as a result drops that stream: zeroed)."""
+def transcribe_dataset(
+    model: Expert,
+    dataset: AVDataset,
+    beam_size: int | None = None,
+    ctc_weight: float | None = None,
+    video_fn=None,
+    audio_fn=None,
+    batch_size: int = 32,
+) -> tuple[list[str], list[str]]:
+    """(references, hypotheses) over a dataset, decoded with the reader's saved settings unless `beam_size` /
+    `ctc_weight` are given; `video_fn(video, lengths)` / `audio_fn(audio, lengths)` alter the inputs first
+    (None as a result drops that stream: zeroed)."""
     refs, hyps = [], []
     model.eval()
     for batch in _batches(dataset, batch_size):
@@ -199,14 +269,16 @@ def transcribe_dataset(model: Expert, dataset: AVDataset, beam_size: int = 5, ct
             video = video_fn(video, batch["video_lengths"])
         if audio_fn is not None:
             audio = audio_fn(audio, batch["audio_lengths"])
-        hyps += model.transcribe(video, batch["video_lengths"], audio, batch["audio_lengths"],
-                                 beam_size=beam_size, ctc_weight=ctc_weight)
+        hyps += model.transcribe(
+            video, batch["video_lengths"], audio, batch["audio_lengths"], beam_size=beam_size, ctc_weight=ctc_weight
+        )
         refs += batch["texts"]
     return refs, hyps
 
 
 def mask_audio(fraction: float, chunk_s: float = 0.2, seed: int = 0, sample_rate: int = 16000):
     """An audio_fn zeroing `fraction` of each waveform in chunks of `chunk_s` (the same chunks on every call)."""
+
     def fn(audio, lengths):
         g = np.random.default_rng(seed)
         out = audio.clone()
@@ -214,19 +286,22 @@ def mask_audio(fraction: float, chunk_s: float = 0.2, seed: int = 0, sample_rate
         for b, n in enumerate(lengths.tolist()):
             k = math.ceil(n / chunk)
             for c in g.choice(k, size=int(round(fraction * k)), replace=False):
-                out[b, c * chunk:(c + 1) * chunk] = 0
+                out[b, c * chunk : (c + 1) * chunk] = 0
         return out
+
     return fn
 
 
 def shuffle_video(seed: int = 0):
     """A video_fn permuting each clip's valid frames in time (the same permutation on every call)."""
+
     def fn(video, lengths):
         g = np.random.default_rng(seed)
         out = video.clone()
         for b, n in enumerate(lengths.tolist()):
             out[b, :n] = video[b, torch.as_tensor(g.permutation(n))]
         return out
+
     return fn
 
 
@@ -262,15 +337,16 @@ def evaluate_readers(expert: Expert, judge: Expert, test: AVDataset, settings: d
 
 # ------------------------------------------------------------------ the judge on renders of the 3D corpus
 
+
 def render_3d_split(corpus, split: str = "test", static: bool = False, size: int = 88) -> list[tuple[np.ndarray, str]]:
     """Grey mouth crops of every utterance of a 3D corpus split as the AV losses render them
     (avguide.render.mouth.MouthView): (T, H, W) in [0, 1] and the text. `static=True` renders the template
     for every frame (no motion)."""
-    from avguide.render.mouth import MouthView
-
     topo = corpus.topology
     if topo.albedo is None:
-        raise ValueError(f"{corpus.root / 'topology.npz'}: no albedo; the judge-on-3D figures need the synthetic corpus")
+        raise ValueError(
+            f"{corpus.root / 'topology.npz'}: no albedo; the judge-on-3D figures need the synthetic corpus"
+        )
     view = MouthView(topo, size=size, chunk=16)
     out = []
     for _, row in corpus.split(split).iterrows():
@@ -285,21 +361,23 @@ def render_3d_split(corpus, split: str = "test", static: bool = False, size: int
 
 
 @torch.no_grad()
-def judge_renders(judge: Expert, clips: list[tuple[np.ndarray, str]], beam_size: int, ctc_weight: float,
-                  batch_size: int = 32) -> tuple[list[str], list[str]]:
+def judge_renders(
+    judge: Expert, clips: list[tuple[np.ndarray, str]], beam_size: int, ctc_weight: float, batch_size: int = 32
+) -> tuple[list[str], list[str]]:
     refs, hyps = [], []
     for k in range(0, len(clips), batch_size):
-        part = clips[k:k + batch_size]
+        part = clips[k : k + batch_size]
         lengths = torch.tensor([len(v) for v, _ in part])
         video = torch.zeros(len(part), int(lengths.max()), *part[0][0].shape[1:])
         for b, (v, _) in enumerate(part):
-            video[b, :len(v)] = torch.from_numpy(v)
+            video[b, : len(v)] = torch.from_numpy(v)
         hyps += judge.transcribe(video, lengths, beam_size=beam_size, ctc_weight=ctc_weight)
         refs += [t for _, t in part]
     return refs, hyps
 
 
 # ------------------------------------------------------------------ the stage
+
 
 def reader_config(settings: dict, mode: str, fps: float) -> ExpertConfig:
     return ExpertConfig(mode=mode, fps=fps, ctc_weight=settings["ctc_weight"], **settings["model"])
@@ -322,8 +400,17 @@ def _fit_judge(params: dict, progress: bool, clips: dict | None = None) -> float
     fps = float(corpus.manifest["fps"].iloc[0])
     js = _judge_settings(s)
     start = time.perf_counter()
-    fit_reader("judge", reader_config(js, "video", fps), js, train, val, project_root() / s["out"], s["judge"]["seed"],
-               {**s["trainer"], **s["judge"].get("trainer", {})}, progress)
+    fit_reader(
+        "judge",
+        reader_config(js, "video", fps),
+        js,
+        train,
+        val,
+        project_root() / s["out"],
+        s["judge"]["seed"],
+        {**s["trainer"], **s["judge"].get("trainer", {})},
+        progress,
+    )
     return time.perf_counter() - start
 
 
@@ -344,8 +431,6 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     evaluation runs with them too."""
     import multiprocessing
     import time
-
-    from avguide.models.expert import load_expert
 
     s = params["pretrain_expert"]
     root = project_root()
@@ -369,8 +454,18 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     solo_threads = solo.get("threads")  # null: the expert keeps `threads` throughout
     callbacks = [ThreadsFromEpoch(solo["after_epochs"], solo_threads)] if solo_threads else []
     start = time.perf_counter()
-    expert = fit_reader("model", reader_config(s, "av", fps), s, train, val, out, params["seed"], s["trainer"], progress,
-                        callbacks=callbacks)
+    expert = fit_reader(
+        "model",
+        reader_config(s, "av", fps),
+        s,
+        train,
+        val,
+        out,
+        params["seed"],
+        s["trainer"],
+        progress,
+        callbacks=callbacks,
+    )
     expert_s = time.perf_counter() - start
     if judge_job is not None:
         status, value = queue.get()
@@ -388,16 +483,20 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
     start = time.perf_counter()
     metrics, examples = evaluate_readers(expert, judge, test, s)
     if s["eval"]["judge_3d"]:
-        from avguide.data.corpus import Corpus
-
         corpus3d = Corpus(root / params["prepare"]["out"])
         kw = dict(beam_size=s["beam_size"], ctc_weight=s["decode_ctc_weight"])
         for key, static in (("ground_truth", False), ("static_template", True)):
             refs, hyps = judge_renders(judge, render_3d_split(corpus3d, "test", static=static), **kw)
             metrics[f"judge_cer_3d_{key}"], metrics[f"judge_wer_3d_{key}"] = cer(refs, hyps), wer(refs, hyps)
             examples[f"judge_3d_{key}"] = list(zip(refs[:5], hyps[:5]))
-    metrics.update(decode_s=round(decode_s, 1), expert_train_s=round(expert_s, 1), judge_train_s=round(judge_s, 1),
-                   train_wall_s=round(wall_s, 1), eval_s=round(time.perf_counter() - start, 1), n_test=len(test))
+    metrics.update(
+        decode_s=round(decode_s, 1),
+        expert_train_s=round(expert_s, 1),
+        judge_train_s=round(judge_s, 1),
+        train_wall_s=round(wall_s, 1),
+        eval_s=round(time.perf_counter() - start, 1),
+        n_test=len(test),
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     return metrics

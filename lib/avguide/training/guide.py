@@ -7,12 +7,12 @@ Stage 2 (`guide_animator`): a trained baseline animator is fine-tuned with the w
 `guide.weights[<loss>]` (avguide.losses), the expert frozen or updated jointly. Every loss setting, the
 plain-MSE control included, gets the same epochs from the same baseline, so the comparison is like for like.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,18 +28,21 @@ from avguide.data.text import VOCAB
 from avguide.losses import AVGuidance, LossWeights
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig
-from avguide.models.checkpoint import load_checkpoint, save_checkpoint
-from avguide.models.expert import Expert, ExpertConfig
+from avguide.models.checkpoint import load_checkpoint
+from avguide.models.expert import Expert, ExpertConfig, load_expert, save_reader
+from avguide.models.registry import ANIMATORS
 from avguide.params import project_root
 from avguide.render.mouth import MouthView
+from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, make_trainer
 from avguide.training.expert import ExpertModule, mask_audio, transcribe_dataset
-from avguide.training.run import ANIMATORS, fit, predict_split, score
+from avguide.training.run import fit, predict_split
 
 
 @torch.no_grad()
-def render_items(corpus: Corpus, split: str, view: MouthView, sequences: list[np.ndarray] | None = None,
-                 progress: bool = True) -> list[dict]:
+def render_items(
+    corpus: Corpus, split: str, view: MouthView, sequences: list[np.ndarray] | None = None, progress: bool = True
+) -> list[dict]:
     """A split of the 3D corpus as a 2D lip-reading dataset (items for collate_av): uint8 mouth renders of the
     ground-truth meshes, or of `sequences` (one (T, V, 3) array per utterance of the split, in order)."""
     rows = corpus.split(split)
@@ -50,19 +53,25 @@ def render_items(corpus: Corpus, split: str, view: MouthView, sequences: list[np
         else:  # predictions: only the audio is read
             audio, vertices = corpus.audio(row.utterance), sequences[i]
         frames = view.clip(torch.as_tensor(np.asarray(vertices, np.float32)), corpus.templates[row.subject])
-        items.append({"utterance": row.utterance, "speaker": row.subject, "text": row.text,
-                      "video": (frames.clamp(0, 1) * 255).round().to(torch.uint8),
-                      "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)),
-                      "tokens": torch.tensor(VOCAB.encode(row.text), dtype=torch.long)})
+        items.append(
+            {
+                "utterance": row.utterance,
+                "speaker": row.subject,
+                "text": row.text,
+                "video": (frames.clamp(0, 1) * 255).round().to(torch.uint8),
+                "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)),
+                "tokens": torch.tensor(VOCAB.encode(row.text), dtype=torch.long),
+            }
+        )
     return items
 
 
 def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: str) -> dict:
-    """CER and WER of the expert on rendered items, with the speech and with most of it masked."""
-    kw = dict(beam_size=settings["beam_size"], ctc_weight=settings["decode_ctc_weight"])
+    """CER and WER of the expert (decoding with its saved settings) on rendered items, with the speech and with
+    most of it masked (`settings`: params' pretrain_expert)."""
     out = {}
     for key, fns in (("", {}), ("_masked_audio", {"audio_fn": mask_audio(settings["eval"]["masked_audio_fraction"])})):
-        refs, hyps = transcribe_dataset(expert, items, **kw, **fns)
+        refs, hyps = transcribe_dataset(expert, items, **fns)
         out[f"{prefix}cer{key}"], out[f"{prefix}wer{key}"] = cer(refs, hyps), wer(refs, hyps)
     return out
 
@@ -73,8 +82,10 @@ def guide_view(topology, render_size: int, expert: Expert) -> MouthView:
     view = MouthView(topology, render_size=render_size)
     if render_size * expert.cfg.video_pool < view.size:
         need = math.ceil(view.size / expert.cfg.video_pool)
-        raise ValueError(f"guide.render_size {render_size} is coarser than the expert's input grid ({view.size} px "
-                         f"pooled by video_pool {expert.cfg.video_pool}); use at least {need}")
+        raise ValueError(
+            f"guide.render_size {render_size} is coarser than the expert's input grid ({view.size} px "
+            f"pooled by video_pool {expert.cfg.video_pool}); use at least {need}"
+        )
     return view
 
 
@@ -86,20 +97,33 @@ def finetune_expert(params: dict, progress: bool = True) -> dict:
     pl.seed_everything(params["seed"], workers=True)
     out = root / g["expert_out"]
     corpus = Corpus(root / params["prepare"]["out"])
-    expert = load_checkpoint(Expert, ExpertConfig, root / pe["out"] / "model")
+    expert = load_expert(root / pe["out"] / "model", map_location="cpu")  # with the decoding it was saved with
     view = guide_view(corpus.topology, g["render_size"], expert)
-    train, test = render_items(corpus, "train", view, progress=progress), render_items(corpus, "test", view, progress=progress)
+    train, test = (
+        render_items(corpus, "train", view, progress=progress),
+        render_items(corpus, "test", view, progress=progress),
+    )
     metrics = reading_scores(expert, test, pe, "before_")
     start = time.perf_counter()
-    module = ExpertModule(expert, lr=g["expert_lr"], weight_decay=pe.get("weight_decay", 0.01),
-                          warmup_steps=g["expert_warmup_steps"], augment=AugmentConfig(**pe["augment"], fps=expert.cfg.fps))
-    trainer = make_trainer({**pe["trainer"], "max_epochs": g["expert_epochs"]}, out, enable_progress_bar=progress,
-                           enable_checkpointing=False, num_sanity_val_steps=0,
-                           logger=DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False))
+    module = ExpertModule(
+        expert,
+        lr=g["expert_lr"],
+        weight_decay=pe.get("weight_decay", 0.01),
+        warmup_steps=g["expert_warmup_steps"],
+        augment=AugmentConfig(**pe["augment"], fps=expert.cfg.fps),
+    )
+    trainer = make_trainer(
+        {**pe["trainer"], "max_epochs": g["expert_epochs"]},
+        out,
+        enable_progress_bar=progress,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        logger=DVCLiveLogger(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False),
+    )
     trainer.fit(module, DataLoader(train, batch_size=pe["batch_size"], shuffle=True, collate_fn=collate_av))
     metrics["finetune_s"] = round(time.perf_counter() - start, 1)
     metrics.update(reading_scores(expert.eval(), test, pe, "after_"))
-    save_checkpoint(expert, out / "model")
+    save_reader(expert, out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
 
@@ -125,13 +149,21 @@ def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: 
     if weights.av:
         expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
         augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-        guidance = AVGuidance(expert, guide_view(corpus.topology, g["render_size"], expert), augment, g["update_expert"], g["items"])
-    module = AnimatorModule(model, lr=g["lr"], weights=weights, guidance=guidance, lip_ids=corpus.topology.lip_ids,
-                            diagnose_every=cfg["trainer"].get("log_every_n_steps", 10))
+        guidance = AVGuidance(
+            expert, guide_view(corpus.topology, g["render_size"], expert), augment, g["update_expert"], g["items"]
+        )
+    module = AnimatorModule(
+        model,
+        lr=g["lr"],
+        weights=weights,
+        guidance=guidance,
+        lip_ids=corpus.topology.lip_ids,
+        diagnose_every=cfg["trainer"].get("log_every_n_steps", 10),
+    )
     out = root / cfg["out"] / run_name(animator, loss, seed)
     start = time.perf_counter()
     fit(module, corpus, cfg, out, g["epochs"], out / "dvclive", progress)
-    metrics = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
+    metrics, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics["train_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics

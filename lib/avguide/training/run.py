@@ -1,11 +1,11 @@
 """The `train` stage for one animator: fit on the corpus, save the model, score the test subjects."""
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from dvclive.lightning import DVCLiveLogger
@@ -13,13 +13,10 @@ from torch.utils.data import DataLoader
 
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset, collate
-from avguide.metrics import fdd, lve, mve
-from avguide.models.codetalker import CodeTalker, CodeTalkerConfig
-from avguide.models.faceformer import FaceFormer, FaceFormerConfig
+from avguide.models.registry import ANIMATORS
 from avguide.params import project_root
+from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, SaveModel, borrow_style, make_trainer
-
-ANIMATORS = {"faceformer": (FaceFormer, FaceFormerConfig), "codetalker": (CodeTalker, CodeTalkerConfig)}
 
 
 def build_animator(name: str, settings: dict, corpus: Corpus):
@@ -65,30 +62,37 @@ def predict_split(model, dataset: TalkingFaceDataset, style: int = 0, batch_size
     return pred, true, templates
 
 
-def score(pred, true, templates, topology) -> dict:
-    static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
-    return {
-        "LVE": lve(pred, true, topology.lip_ids),
-        "MVE": mve(pred, true),
-        "FDD": fdd(pred, true, templates, topology.upper_face_ids),
-        "static_template_LVE": lve(static, true, topology.lip_ids),
-    }
-
-
-def fit(module: pl.LightningModule, corpus: Corpus, cfg: dict, out: Path, epochs: int, live: Path, progress: bool = True,
-        datasets: tuple | None = None) -> None:
+def fit(
+    module: pl.LightningModule,
+    corpus: Corpus,
+    cfg: dict,
+    out: Path,
+    epochs: int,
+    live: Path,
+    progress: bool = True,
+    datasets: tuple | None = None,
+) -> None:
     """Fit `module` on the corpus' train split (validating on val) for `epochs` with params['train'] settings;
     the animator is saved to out/model at the end, curves go to `live` (DVCLive)."""
-    train, val = datasets or (TalkingFaceDataset(corpus, "train", cache=True), TalkingFaceDataset(corpus, "val", cache=True))
+    train, val = datasets or (
+        TalkingFaceDataset(corpus, "train", cache=True),
+        TalkingFaceDataset(corpus, "val", cache=True),
+    )
     loaders = dict(batch_size=cfg["batch_size"], collate_fn=collate, num_workers=0)
     logger = DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)
-    trainer = make_trainer({**cfg["trainer"], "max_epochs": epochs}, out, logger=logger, enable_progress_bar=progress,
-                           enable_checkpointing=False, callbacks=[SaveModel(out / "model")])
+    trainer = make_trainer(
+        {**cfg["trainer"], "max_epochs": epochs},
+        out,
+        logger=logger,
+        enable_progress_bar=progress,
+        enable_checkpointing=False,
+        callbacks=[SaveModel(out / "model")],
+    )
     trainer.fit(module, DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
 
 
 def train_animator(params: dict, name: str, progress: bool = True) -> dict:
-    """Train animator `name` with params['train'], write data/models/<name>/ (weights, config, metrics.json)."""
+    """Train animator `name` with params['train'], write train.out/<name>/ (weights, config, metrics.json)."""
     cfg = params["train"]
     pl.seed_everything(params["seed"], workers=True)
     root = project_root()
@@ -103,7 +107,7 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
             model.set_stage(stage)
         live = out / "dvclive" if stage == stages[-1][0] else out / "dvclive" / f"stage{stage}"
         fit(AnimatorModule(model, lr=lr), corpus, cfg, out, epochs, live, progress, datasets)
-    metrics = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
+    metrics, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics["train_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
