@@ -1,5 +1,6 @@
 """The animators' speech encoder pretraining (pretrain_audio): character CTC with padded batches."""
 
+import pytest
 import torch
 
 from avguide.data.speech import Voice, synthesize
@@ -31,6 +32,7 @@ def test_padding_does_not_change_an_items_ctc_outputs():
     torch.testing.assert_close(both[1, : n[0]], alone[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ctc_training_learns_the_transcripts_of_a_batch():
     torch.manual_seed(0)
     model = speech_model({})

@@ -68,6 +68,7 @@ def test_quantizer_picks_the_nearest_code_and_passes_gradients_straight_through(
     assert torch.equal(z.grad, torch.ones_like(z))
 
 
+@pytest.mark.slow
 def test_stages_train_their_own_parameters():
     torch.manual_seed(1)
     m = CodeTalker(CodeTalkerConfig(n_vertices=V, n_subjects=3, period=5, max_frames=200, dropout=0.0))

@@ -331,6 +331,7 @@ def toy_av(n, seed, size=16, hold=3):
     return items
 
 
+@pytest.mark.slow
 def test_with_masked_audio_the_true_video_beats_the_shuffled_video(tmp_path):
     torch.manual_seed(0)
     train, test = toy_av(256, 0), toy_av(32, 1)

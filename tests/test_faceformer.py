@@ -54,6 +54,7 @@ def test_padding_does_not_change_unpadded_items(model):
     assert torch.allclose(together[1, :14], alone[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_inference_equals_the_uncached_loop(model):
     audio, samples, n, templates, ids, _ = batch([60, 45], seed=1)
     cached = model.predict(audio, samples, n, templates, ids, use_cache=True)
@@ -80,6 +81,7 @@ def test_masks_and_positional_encoding():
     assert torch.equal(pe[1], pe[5]) and not torch.equal(pe[1], pe[2])
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss():
     torch.manual_seed(1)
     m = FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=3, period=5, max_frames=200, dropout=0.0))

@@ -23,6 +23,7 @@ def corpus(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_data(corpus, tmp_path, digest):
     again = build_corpus(tmp_path / "again", SyntheticConfig(seed=7, **SMALL), progress=False, workers=1)
     assert digest(again) == digest(corpus.root)

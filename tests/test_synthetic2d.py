@@ -22,6 +22,7 @@ def corpus(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_layout_splits_and_lengths(corpus):
     m = corpus.manifest
     assert len(m) == 8 and m.speaker.nunique() == 4
@@ -32,6 +33,7 @@ def test_layout_splits_and_lengths(corpus):
         assert (corpus.root / "text" / row.speaker / f"{row.utterance}.txt").read_text().strip() == row.text
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(corpus, tmp_path, digest):
     again = build_av_corpus(tmp_path / "again", Synthetic2DConfig(seed=3, **SMALL), progress=False, workers=2)
     assert digest(again) == digest(corpus.root)

@@ -44,6 +44,7 @@ def tiny_model():
     return FaceFormer(FaceFormerConfig(n_vertices=V, n_subjects=2, period=5, max_frames=50, dropout=0.0))
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     """Two CPU processes, gloo: after a few steps both ranks hold the same weights, and they moved."""
     worker = Path(__file__).with_name("ddp_worker.py")
