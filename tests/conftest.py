@@ -2,6 +2,21 @@ import hashlib
 
 import pytest
 
+# A reader (expert or judge) small enough to train in a test.
+TINY_READER = dict(
+    d_model=32,
+    n_heads=2,
+    ffn_dim=64,
+    conformer_layers=1,
+    conv_kernel=5,
+    decoder_layers=1,
+    stem_channels=8,
+    resnet_channels=(8, 16),
+    crop_size=24,
+    video_pool=1,
+    dropout=0.0,
+)
+
 
 @pytest.fixture
 def digest():

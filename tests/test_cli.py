@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_READER
 
 from avguide.cli import main
 from avguide.data.audio import SAMPLE_RATE, save_wav
@@ -438,21 +439,6 @@ def test_transcribe_without_the_expert_says_so(tmp_path, capsys):
     assert code == 1 and "expert model folder not found" in err
 
 
-SMALL_READER = dict(
-    d_model=32,
-    n_heads=2,
-    ffn_dim=64,
-    conformer_layers=1,
-    conv_kernel=5,
-    decoder_layers=1,
-    stem_channels=8,
-    resnet_channels=(8, 16),
-    crop_size=24,
-    video_pool=1,
-    dropout=0.0,
-)
-
-
 def test_transcribe_prints_what_the_evaluation_records(tmp_path, capsys, corpus, monkeypatch, one_thread):
     """A tiny random judge saved with its decoding settings (not the defaults): `avguide transcribe` of each
     rendered test clip prints the transcript the evaluate stage's decoding (evaluate.read_renders) records for
@@ -469,7 +455,7 @@ def test_transcribe_prints_what_the_evaluation_records(tmp_path, capsys, corpus,
 
     torch.manual_seed(0)
     saved = Decoding(beam_size=3, ctc_weight=0.5)
-    save_reader(Expert(ExpertConfig(mode="video", fps=FPS, **SMALL_READER)), tmp_path / "expert" / "judge", saved)
+    save_reader(Expert(ExpertConfig(mode="video", fps=FPS, **TINY_READER)), tmp_path / "expert" / "judge", saved)
     judge = load_expert(tmp_path / "expert" / "judge", map_location="cpu")
     assert judge.decoding == saved
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_READER
 from torch.utils.data import DataLoader
 
 from avguide.data.avdataset import collate_av
@@ -17,20 +18,6 @@ from avguide.models.checkpoint import load_checkpoint, save_checkpoint
 from avguide.models.expert import DECODING_FILE, Decoding, Expert, ExpertConfig, load_expert, save_reader
 from avguide.training.animator import make_trainer
 from avguide.training.expert import ExpertModule, ThreadsFromEpoch, mask_audio, shuffle_video, transcribe_dataset
-
-SMALL = dict(
-    d_model=32,
-    n_heads=2,
-    ffn_dim=64,
-    conformer_layers=1,
-    conv_kernel=5,
-    decoder_layers=1,
-    stem_channels=8,
-    resnet_channels=(8, 16),
-    crop_size=24,
-    video_pool=1,
-    dropout=0.0,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +31,7 @@ def one_thread():
 
 def small(mode="av", **kw):
     torch.manual_seed(0)
-    return Expert(ExpertConfig(mode=mode, **{**SMALL, **kw}))
+    return Expert(ExpertConfig(mode=mode, **{**TINY_READER, **kw}))
 
 
 def padded(texts, frames, size=24, seed=0):
@@ -222,7 +209,7 @@ def test_the_pretrain_stage_saves_each_reader_with_its_decoding(tmp_path, monkey
         "augment": {"crop_size": 24, "noise_prob": 0.0},
     }
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": 1}
-    cfg = ExpertConfig(mode="video", **SMALL)
+    cfg = ExpertConfig(mode="video", **TINY_READER)
     model = training.fit_reader("judge", cfg, settings, items, None, tmp_path, 0, trainer, progress=False)
     assert model.decoding == Decoding(4, 0.5)
     assert load_expert(tmp_path / "judge", map_location="cpu").decoding == Decoding(4, 0.5)

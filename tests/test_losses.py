@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_READER
 
 from avguide.data.text import VOCAB
 from avguide.face.rig import Rig
@@ -11,17 +12,7 @@ from avguide.losses import AVGuidance, LossWeights, animator_loss, vertex_mse
 from avguide.models.expert import Expert, ExpertConfig
 from avguide.render.mouth import MouthView
 
-TINY_EXPERT = dict(
-    d_model=32,
-    n_heads=2,
-    ffn_dim=64,
-    conformer_layers=1,
-    conv_kernel=5,
-    decoder_layers=1,
-    stem_channels=8,
-    resnet_channels=(8, 16),
-    dropout=0.0,
-)
+TINY_EXPERT = {k: v for k, v in TINY_READER.items() if k not in ("crop_size", "video_pool")}
 
 
 def test_vertex_mse_ignores_padding_and_selects_vertices():

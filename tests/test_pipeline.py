@@ -5,6 +5,7 @@ makes `dvc status` list the stage."""
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,27 @@ def test_evaluate_does_not_depend_on_the_experts_checkpoints():
     deps = [d.replace("${pretrain_expert.out}", params["pretrain_expert"]["out"]) for d in stages()["evaluate"]["deps"]]
     expert = params["pretrain_expert"]["out"]
     assert not any(expert.startswith(d.rstrip("/") + "/") or d == expert for d in deps)
+
+
+def test_every_uncached_output_is_kept_in_git():
+    """An output DVC does not cache must be in git, or a fresh clone can never be up to date (the expert's resume
+    checkpoints were such an output: git-ignored and uncached, so `dvc status` listed the stage on every clone)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def resolve(path: str) -> str:
+        return re.sub(r"\$\{((?!item)[a-z_.]+)\}", lambda m: str(_value(params, m.group(1))), path)
+
+    for name, stage in stages().items():
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            if isinstance(out, dict) and not next(iter(out.values())).get("cache", True):
+                path = resolve(next(iter(out)))
+                if "${" in path:  # a foreach / matrix item
+                    continue
+                ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+                assert not ignored, f"dvc.yaml: stage {name} has an uncached output {path} that git ignores"
+
+
+def _value(params: dict, key: str):
+    for k in key.split("."):
+        params = params[k]
+    return params
