@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from avguide.params import _value
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
 
@@ -121,9 +123,3 @@ def test_every_uncached_output_is_kept_in_git():
                     continue
                 ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
                 assert not ignored, f"dvc.yaml: stage {name} has an uncached output {path} that git ignores"
-
-
-def _value(params: dict, key: str):
-    for k in key.split("."):
-        params = params[k]
-    return params
