@@ -77,7 +77,7 @@ def test_an_overlay_changes_only_its_keys():
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_profiles_have_the_paper_values_and_build_valid_configs(name):
-    from avguide.losses import LossWeights
+    from avguide.losses import LossSetting
     from avguide.models.codetalker import CodeTalkerConfig
     from avguide.models.faceformer import FaceFormerConfig
     from avguide.training.expert import reader_config
@@ -95,8 +95,9 @@ def test_paper_profiles_have_the_paper_values_and_build_valid_configs(name):
         assert cfg.period == period
     assert params["train"]["faceformer"]["feature_dim"] == dim
     reader_config(params["pretrain_expert"], "av", 25.0)
-    for loss in params["guide"]["losses"]:
-        LossWeights(**params["guide"]["weights"][loss])
+    assert set(params["guide"]["losses"]) <= set(params["guide"]["weights"])
+    for setting in params["guide"]["weights"].values():
+        LossSetting(**setting)
 
 
 def test_check_lists_the_paths_to_fill_and_passes_once_filled(project, capsys):

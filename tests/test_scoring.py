@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from avguide import scoring
-from avguide.metrics import cer, fdd, lve, mve, ver, wer
+from avguide.data.corpus import Topology
+from avguide.face.template import MIDLINE_LOWER, build_face, lip_opening
+from avguide.metrics import aperture_rmse, cer, fdd, lip_mve, lve, mtm, mve, ver, wer
 from avguide.scoring import METRICS, error_counts, pooled, score
 
 TOPOLOGY = SimpleNamespace(lip_ids=[0, 1, 2], upper_face_ids=[4, 5])
@@ -116,3 +118,107 @@ def test_one_metrics_tuple_and_one_animator_registry():
     for module in (evaluate, report, guide, train_run):
         assert module.ANIMATORS is registry.ANIMATORS, module.__name__
     assert guide.score is scoring.score and train_run.score is scoring.score and evaluate.score is scoring.score
+
+
+# ---------------------------------------------------------------- lip articulation on the synthetic template
+
+MESH = build_face()
+SYNTH = Topology(faces=MESH.faces, lip_ids=MESH.lip_ids, upper_face_ids=MESH.upper_face_ids)
+OTHER = Topology(faces=MESH.faces[::-1].copy(), lip_ids=MESH.lip_ids, upper_face_ids=MESH.upper_face_ids)
+FPS = 25.0
+
+
+def opening_sequence(shift_frames: float, n: int) -> np.ndarray:
+    """The template with the lower lip's midline vertex moved so that the inner-lip opening is a wave between 0 and
+    10 mm, shut at frames 5, 25, 45 (+ shift_frames)."""
+    t = np.arange(n) - shift_frames
+    target = 0.005 * (1 + np.sin(2 * np.pi * (t - 10) / 20))
+    seq = np.repeat(MESH.vertices[None].astype(np.float64), n, axis=0)
+    seq[:, MIDLINE_LOWER, 1] += lip_opening(MESH.vertices) - target
+    return seq
+
+
+def articulation_run():
+    true = [opening_sequence(0, 60), opening_sequence(0, 40)]
+    pred = [opening_sequence(3, 60), opening_sequence(0, 41)]  # three frames late; on time, one frame longer
+    table = pd.DataFrame(
+        [  # the truth closes at 0.2 s and 1.0 s; the late prediction at 0.32 s and 1.12 s
+            ("u0", 0, "b", "PP", 0.18, 0.22),
+            ("u0", 1, "aa", "aa", 0.22, 0.40),
+            ("u0", 2, "m", "PP", 0.98, 1.02),
+            ("u1", 0, "p", "PP", 0.18, 0.22),
+            ("x9", 0, "p", "PP", 0.18, 0.22),  # not scored: ignored
+        ],
+        columns=["utterance", "index", "phoneme", "viseme", "start_s", "end_s"],
+    )
+    return pred, true, [MESH.vertices] * 2, table
+
+
+def test_lip_articulation_on_the_synthetic_topology_and_its_pooling():
+    pred, true, templates, table = articulation_run()
+    overall, rows = score(pred, true, templates, SYNTH, utterances=["u0", "u1"], phonemes=table, fps=FPS)
+    pred_open = [lip_opening(p[: len(t)]) for p, t in zip(pred, true)]
+    true_open = [lip_opening(t) for t in true]
+    assert overall["lip_mve_mm"] == lip_mve(pred, true, SYNTH.lip_ids)
+    assert overall["aperture_rmse_mm"] == aperture_rmse(pred_open, true_open) > 0
+    assert overall["MTM_ms"] == mtm(pred_open, true_open, FPS) == pytest.approx(60.0)  # 120 ms and 0 ms
+    assert overall["closure_rate"] == 1 / 3  # the late u0 misses both, u1 closes
+    assert overall["gt_closure_rate"] == 1.0
+    assert set(scoring.LIP_METRICS) < set(overall)
+    assert rows.columns.tolist() == [
+        "utterance",
+        "n_frames",
+        "LVE",
+        "MVE",
+        "FDD",
+        "lip_mve_mm",
+        "aperture_rmse_mm",
+        "MTM_ms",
+        "closures",
+        "bilabials",
+        "closure_rate",
+    ]
+    assert rows[["closures", "bilabials"]].values.tolist() == [[0, 2], [1, 1]]
+    assert rows["MTM_ms"].tolist() == pytest.approx([120.0, 0.0])
+    again = pooled(rows)
+    for m in ("lip_mve_mm", "aperture_rmse_mm", "MTM_ms", "closure_rate"):
+        assert again[m] == pytest.approx(overall[m], rel=1e-12), m
+    assert pooled(rows[rows["utterance"] == "u1"])["closure_rate"] == 1.0
+
+
+def test_pooling_survives_the_csv_the_report_reads(tmp_path):
+    """An utterance without an MTM (a still prediction) is an empty cell in per_utterance.csv; the report reads it
+    with keep_default_na=False, as a string: pooling leaves it out, as score does."""
+    pred, true, templates, table = articulation_run()
+    pred[1] = np.broadcast_to(MESH.vertices, true[1].shape)
+    overall, rows = score(pred, true, templates, SYNTH, REFS[:2], HYPS[:2], ["u0", "u1"], phonemes=table, fps=FPS)
+    assert np.isnan(rows["MTM_ms"][1]) and overall["MTM_ms"] == pytest.approx(120.0)
+    rows.to_csv(tmp_path / "per_utterance.csv", index=False)
+    back = error_counts(pd.read_csv(tmp_path / "per_utterance.csv", keep_default_na=False))
+    again = pooled(back)
+    for m in ("LVE", "CER", "lip_mve_mm", "aperture_rmse_mm", "MTM_ms", "closure_rate"):
+        assert again[m] == pytest.approx(overall[m], rel=1e-12), m
+
+
+def test_lip_articulation_is_skipped_on_a_mesh_without_known_midline():
+    pred, true, templates, table = articulation_run()
+    for topology in (OTHER, TOPOLOGY):  # other connectivity; no faces at all
+        tm = templates if topology is OTHER else [t[:6] for t in templates]
+        p, t = (pred, true) if topology is OTHER else ([x[:, :6] for x in pred], [x[:, :6] for x in true])
+        overall, rows = score(p, t, tm, topology, utterances=["u0", "u1"], phonemes=table, fps=FPS)
+        assert list(overall) == ["LVE", "MVE", "FDD", "static_template_LVE", "lip_mve_mm"]
+        assert rows.columns.tolist() == ["utterance", "n_frames", "LVE", "MVE", "FDD", "lip_mve_mm"]
+        assert set(pooled(rows).index) == {"LVE", "MVE", "FDD", "lip_mve_mm"}
+
+
+def test_without_fps_the_figures_are_the_train_stages():
+    pred, true, templates, table = articulation_run()
+    overall, rows = score(pred, true, templates, SYNTH)
+    assert list(overall) == ["LVE", "MVE", "FDD", "static_template_LVE"]
+    assert rows.columns.tolist() == ["n_frames", "LVE", "MVE", "FDD"]
+    overall, _ = score(pred, true, templates, SYNTH, utterances=["u0", "u1"], fps=FPS)
+    assert "closure_rate" not in overall and "MTM_ms" in overall  # no phonemes: no closure rate
+    with pytest.raises(ValueError, match="without fps"):
+        score(pred, true, templates, SYNTH, utterances=["u0", "u1"], phonemes=table)
+    with pytest.raises(ValueError, match="without the utterances"):
+        score(pred, true, templates, SYNTH, phonemes=table, fps=FPS)

@@ -147,22 +147,33 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
         ),
         tmp_path / "expert-3d" / "model",
     )
-    params["pretrain_expert"] = {"augment": {}}
     params["guide"] = {
         "expert_out": str(tmp_path / "expert-3d"),
+        "critic_out": str(tmp_path / "critic"),
         "epochs": 1,
         "lr": 1e-3,
-        "update_expert": True,
-        "items": 1,
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
         "render_size": 44,
-        "augment": {"noise_prob": 1.0},
-        "weights": {"avguide": {"mse": 1.0, "rlv": 1.0, "av": 1e-3}},
+        "weights": {"avguide": {"rlv": 1.0, "term": "reader", "joint": True, "audio_mask": 0.5, "grad_ratio": 0.5}},
     }
     metrics = guide_animator(params, "faceformer", "avguide", seed=3, progress=False)
     assert np.isfinite(metrics["LVE"]) and metrics["static_template_LVE"] > 0
+    assert metrics["weight"] == pytest.approx(0.5 * metrics["grad_lip_vertex"] / metrics["grad_lip_term_unit"])
     run = tmp_path / "models" / "faceformer-avguide-seed3"
     curves = run / "dvclive" / "plots" / "metrics" / "train"
-    for name in ("loss", "mse", "rlv", "ctc", "ce", "grad_lip", "grad_nonlip"):
+    for name in (
+        "loss",
+        "mse",
+        "rlv",
+        "ctc",
+        "ce",
+        "term",
+        "grad_lip_vertex",
+        "grad_lip_term",
+        "cos_term",
+        "ratio_term",
+    ):
         assert (curves / f"{name}.tsv").is_file(), name
     base = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
     tuned = load_checkpoint(*ANIMATORS["faceformer"], run / "model")

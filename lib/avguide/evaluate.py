@@ -1,10 +1,11 @@
-"""The `evaluate` stage: every trained animator, and the ground-truth and static-template bounds, on the 3D
-test subjects (never seen in training).
+"""The `evaluate` stage: every trained animator, and the bounds, on the 3D test subjects (never seen in training).
 
-Geometry: LVE, MVE, FDD. Readability: the visual-only judge (trained on the 2D corpus only, never a loss) reads
-mouth renders of each prediction, decoding with the settings saved with it; CER, WER and VER (viseme error rate)
-of its transcripts. All scored by avguide.scoring.score. Runs with several seeds are reported as their mean with a
-standard deviation.
+Geometry: LVE, MVE, FDD; lip articulation from the corpus' phoneme timings (avguide.scoring.LIP_METRICS: lip MVE,
+inner-lip aperture RMSE, MTM, the closure rate of p/b/m). Bounds: the ground truth, the static template and, on the
+synthetic corpus, the oracle (the rig driven by the true phonemes with the mean style: avguide.oracle).
+Readability: the visual-only judge (trained on the 2D corpus only, never a loss) reads mouth renders of each
+prediction, decoding with the settings saved with it; CER, WER and VER (viseme error rate) of its transcripts. All
+scored by avguide.scoring.score. Runs with several seeds are reported as their mean with a standard deviation.
 
 Writes `eval.out`/: metrics.json ({model: {LVE, MVE, FDD, CER, WER, VER, ...}}), per_utterance.csv (one row per
 model, seed and utterance: subject, frames, LVE, MVE, FDD, CER, the reference and the judge's transcript; pooled
@@ -25,9 +26,10 @@ from avguide.data.dataset import TalkingFaceDataset
 from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, load_expert
 from avguide.models.registry import ANIMATORS
+from avguide.oracle import oracle_sequences
 from avguide.params import project_root
 from avguide.render.mouth import MouthView
-from avguide.scoring import METRICS, score
+from avguide.scoring import LIP_METRICS, METRICS, score
 from avguide.training.expert import transcribe_dataset
 from avguide.training.guide import render_items, run_name
 from avguide.training.run import predict_split
@@ -58,43 +60,83 @@ def read_renders(judge: Expert, corpus: Corpus, view: MouthView, sequences, prog
     return transcribe_dataset(judge, render_items(corpus, "test", view, sequences, progress=progress))
 
 
+class TestScorer:
+    """Scores (T, V, 3) predictions of the test utterances as the evaluate stage does: geometry, lip articulation,
+    and the judge's reading of their mouth renders (avguide.scoring.score)."""
+
+    def __init__(self, params: dict, progress: bool = True):
+        root = project_root()
+        self.params, self.progress = params, progress
+        self.corpus = Corpus(root / params["prepare"]["out"])
+        self.test = TalkingFaceDataset(self.corpus, "test", cache=True)
+        self.judge = load_expert(root / params["pretrain_expert"]["out"] / "judge", map_location="cpu")
+        self.view = MouthView(self.corpus.topology)
+        items = [self.test[i] for i in range(len(self.test))]
+        self.true = [item["vertices"].numpy() for item in items]
+        self.templates = [item["template"].numpy() for item in items]
+        self.fps = float(self.corpus.manifest["fps"].iloc[0])
+        phonemes = self.corpus.phonemes()
+        self.phonemes = None if phonemes is None else phonemes[phonemes["utterance"].isin(self.test.rows["utterance"])]
+
+    def bounds(self) -> dict[str, list[np.ndarray]]:
+        """The ground truth, the static template and, on the synthetic corpus, the oracle (the rig driven by the
+        true phonemes with the mean style)."""
+        out = {
+            "ground_truth": self.true,
+            "static_template": [np.broadcast_to(t, v.shape) for t, v in zip(self.templates, self.true)],
+        }
+        if self.phonemes is not None:
+            synthetic = {"seed": self.params["seed"], **self.params["prepare"]["synthetic"]}
+            out["oracle"] = oracle_sequences(self.corpus, "test", synthetic)
+        return out
+
+    def predict(self, animator: str, folder: Path) -> list[np.ndarray]:
+        return predict_split(load_checkpoint(*ANIMATORS[animator], folder), self.test)[0]
+
+    def __call__(self, pred: list[np.ndarray]) -> tuple[dict, pd.DataFrame]:
+        """Overall figures (METRICS and the LIP_METRICS the corpus allows) and one row per utterance."""
+        refs, hyps = read_renders(self.judge, self.corpus, self.view, pred, self.progress)
+        rows = self.test.rows
+        overall, per_utt = score(
+            pred,
+            self.true,
+            self.templates,
+            self.corpus.topology,
+            refs,
+            hyps,
+            rows["utterance"].tolist(),
+            rows["subject"].tolist(),
+            phonemes=self.phonemes,
+            fps=self.fps,
+        )
+        return {m: overall[m] for m in (*METRICS, *LIP_METRICS) if m in overall}, per_utt
+
+
 def evaluate(params: dict, progress: bool = True) -> dict:
-    root = project_root()
-    corpus = Corpus(root / params["prepare"]["out"])
-    test = TalkingFaceDataset(corpus, "test", cache=True)
-    judge = load_expert(root / params["pretrain_expert"]["out"] / "judge", map_location="cpu")
-    view = MouthView(corpus.topology)
     torch.manual_seed(params["seed"])
-
-    items = [test[i] for i in range(len(test))]
-    true = [item["vertices"].numpy() for item in items]
-    templates = [item["template"].numpy() for item in items]
-    runs = {
-        "ground_truth": [(params["seed"], true)],
-        "static_template": [(params["seed"], [np.broadcast_to(t, v.shape) for t, v in zip(templates, true)])],
-    }
+    scorer = TestScorer(params, progress)
+    runs = {key: [(params["seed"], pred)] for key, pred in scorer.bounds().items()}
     for key, folders in trained_models(params).items():
-        animator = key.split("-")[0]
-        runs[key] = [
-            (seed, predict_split(load_checkpoint(*ANIMATORS[animator], folder), test)[0]) for seed, folder in folders
-        ]
-
+        runs[key] = [(seed, scorer.predict(key.split("-")[0], folder)) for seed, folder in folders]
     rows, results = [], {}
-    utterances, subjects = test.rows["utterance"].tolist(), test.rows["subject"].tolist()
     for key, seeds in runs.items():
         per_seed = []
         for seed, pred in seeds:
-            refs, hyps = read_renders(judge, corpus, view, pred, progress)
-            overall, per_utt = score(pred, true, templates, corpus.topology, refs, hyps, utterances, subjects)
-            per_seed.append({m: overall[m] for m in METRICS})
+            overall, per_utt = scorer(pred)
+            per_seed.append(overall)
             rows.append(per_utt.assign(model=key, seed=seed)[["model", "seed", *per_utt.columns]])
-        table = pd.DataFrame(per_seed)
-        results[key] = {m: float(table[m].mean()) for m in METRICS}
-        if len(per_seed) > 1:
-            results[key].update({f"{m}_std": float(table[m].std(ddof=1)) for m in METRICS})
-        results[key]["n_seeds"] = len(per_seed)
-    out = root / params["eval"]["out"]
+        results[key] = summary(per_seed)
+    out = project_root() / params["eval"]["out"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     pd.concat(rows, ignore_index=True).to_csv(out / "per_utterance.csv", index=False)
     return results
+
+
+def summary(per_seed: list[dict]) -> dict:
+    """The mean over seeds of each figure, with its standard deviation when there are several, and n_seeds."""
+    table = pd.DataFrame(per_seed)
+    out = {m: float(table[m].mean()) for m in table.columns}
+    if len(per_seed) > 1:
+        out.update({f"{m}_std": float(table[m].std(ddof=1)) for m in table.columns})
+    return {**out, "n_seeds": len(per_seed)}

@@ -8,9 +8,10 @@ from avguide.params import project_root
 
 def require(params: dict, need: str, progress: bool = False) -> None:
     """Make sure `need` exists, building it (and what it needs) otherwise:
-    corpus | corpus_2d | audio | expert | expert_3d | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
+    corpus | corpus_2d | audio | expert | expert_3d | critic | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
     from avguide.data.prepare import prepare, prepare_2d
     from avguide.training.audio import pretrain_audio
+    from avguide.training.critic import pretrain_critic
     from avguide.training.expert import pretrain_expert
     from avguide.training.guide import finetune_expert, guide_animator, run_name
     from avguide.training.run import train_animator
@@ -36,6 +37,10 @@ def require(params: dict, need: str, progress: bool = False) -> None:
         if not (root / params["guide"]["expert_out"] / "model" / "config.json").exists():
             require(params, "expert", progress)
             finetune_expert(params, progress)
+    elif kind == "critic":
+        if not (root / params["pretrain_critic"]["out"] / "model" / "config.json").exists():
+            require(params, "corpus", progress)
+            pretrain_critic(params, progress)
     elif kind == "baseline":
         if not (models / args[0] / "model" / "config.json").exists():
             require(params, "corpus", progress)
@@ -46,11 +51,18 @@ def require(params: dict, need: str, progress: bool = False) -> None:
         animator, loss, seed = args[0], args[1], int(args[2])
         if not (models / run_name(animator, loss, seed) / "model" / "config.json").exists():
             require(params, f"baseline:{animator}", progress)
-            if params["guide"]["weights"][loss].get("av"):
-                require(params, "expert_3d", progress)
+            for need in guide_needs(params, loss):
+                require(params, need, progress)
             guide_animator(params, animator, loss, seed, progress)
     else:
         raise ValueError(f"unknown requirement {need!r}")
+
+
+def guide_needs(params: dict, loss: str) -> list[str]:
+    """What guided training with loss setting `loss` reads besides the baseline: the fine-tuned expert (the reader
+    and feature terms), the critic (the critic term)."""
+    term = params["guide"]["weights"][loss].get("term")
+    return {"reader": ["expert_3d"], "feature": ["expert_3d"], "critic": ["critic"]}.get(term, [])
 
 
 def require_all(params: dict, progress: bool = False) -> None:

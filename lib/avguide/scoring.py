@@ -2,11 +2,18 @@
 project's metrics as every stage and command reports them.
 
 `score` gives the overall figures, pooled over all frames of all utterances as `avguide.metrics` computes them
-(LVE, MVE, FDD, the static-template LVE for scale; CER, WER, VER when transcripts are given), and one row per
-utterance. `pooled` re-pools any group of those rows (with `error_counts` added) into the same figures; the train
-stage, `avguide.evaluate`, the `avguide evaluate` command and `avguide.report` all use them.
+(LVE, MVE, FDD, the static-template LVE for scale; CER, WER, VER when transcripts are given; the lip-articulation
+figures when the frame rate is given), and one row per utterance. `pooled` re-pools any group of those rows (with
+`error_counts` added) into the same figures; the train stage, `avguide.evaluate`, the `avguide evaluate` command
+and `avguide.report` all use them.
 
-`score_predictions` is the `avguide evaluate` command's library side. Predictions follow FaceFormer's convention:
+Lip articulation (`LIP_METRICS`; with `fps`): lip_mve_mm on any mesh; aperture_rmse_mm, MTM_ms and, with the
+phoneme timings, closure_rate (and the ground truth's own gt_closure_rate) only on the synthetic template's
+topology, the one mesh whose inner-lip midline vertices are known (avguide.face.template.midline_ids). On VOCASET's
+and BIWI's meshes they are left out, not guessed.
+
+`score_predictions` is the `avguide evaluate` command's library side (its overall figures include the lip
+articulation; its per-utterance table keeps the geometry columns). Predictions follow FaceFormer's convention:
 one `<utterance>.npy` per utterance, float frames x (V*3) ((T, V, 3) is accepted too), named like the ground
 truth's `vertices_npy/<utterance>.npy`. The ground truth is a corpus as the prepare stage writes it
 (`avguide.data.corpus.Corpus`).
@@ -26,26 +33,60 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from avguide.data.corpus import Corpus
-from avguide.metrics import cer, edit_distance, fdd, lve, mve, to_visemes, ver, wer
+from avguide.face.template import midline_ids
+from avguide.metrics import (
+    aperture_rmse,
+    cer,
+    closure_counts,
+    edit_distance,
+    fdd,
+    lip_mve,
+    lve,
+    mtm,
+    mtm_per_sequence,
+    mve,
+    to_visemes,
+    ver,
+    wer,
+)
 
 log = logging.getLogger(__name__)
 
 METRICS = ("LVE", "MVE", "FDD", "CER", "WER", "VER")
 GEOMETRY = METRICS[:3]
+LIP_METRICS = ("lip_mve_mm", "aperture_rmse_mm", "MTM_ms", "closure_rate")
+ROOT_POOLED = ("aperture_rmse_mm",)  # pooled as the square root of pooled squares
 MAX_FRAME_GAP = 2
 # Vertices per frame of each dataset's mesh (None: whatever the corpus's templates have).
 DATASET_VERTICES = {"synth3d": None, "vocaset": 5023, "biwi": 23370}
 
 
 def score(
-    pred, true, templates, topology, refs=None, hyps=None, utterances=None, subjects=None
+    pred,
+    true,
+    templates,
+    topology,
+    refs=None,
+    hyps=None,
+    utterances=None,
+    subjects=None,
+    phonemes: pd.DataFrame | None = None,
+    fps: float | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Overall figures and one row per utterance of predicted (T, V, 3) sequences against the true ones.
 
     Overall: LVE, MVE, FDD and static_template_LVE (the template held still), pooled over every frame of every
     utterance; with the judge's transcripts `hyps` of the renders and the references `refs`, also CER, WER, VER.
     Rows: utterance and subject (when given), n_frames, LVE, MVE, FDD (of that utterance alone), and with
-    transcripts CER, reference, judge. `pooled(error_counts(rows))` gives the overall figures back."""
+    transcripts CER, reference, judge. `pooled(error_counts(rows))` gives the overall figures back.
+
+    With the frame rate `fps`, also the lip articulation (overall and per row): lip_mve_mm; where the topology's
+    inner-lip midline is known (the synthetic template), aperture_rmse_mm and MTM_ms, and with `phonemes`
+    (phonemes.csv rows; those of utterances not in `utterances` are ignored) closure_rate with the rows' closures
+    and bilabials counts, and overall gt_closure_rate, the ground truth's own. Without `fps` the figures are
+    exactly those above (the train and guide stages' metrics.json)."""
+    if phonemes is not None and fps is None:
+        raise ValueError("score: phonemes given without fps; the closure rate needs the frame rate")
     static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
     overall = {
         "LVE": lve(pred, true, topology.lip_ids),
@@ -62,6 +103,11 @@ def score(
         }
         for p, t, tm in zip(pred, true, templates)
     ]
+    if fps is not None:
+        lips = lip_articulation(pred, true, topology, phonemes, fps, utterances)
+        overall.update(lips.pop("overall"))
+        for k, row in enumerate(rows):
+            row.update({name: values[k] for name, values in lips.items()})
     if refs is not None:
         overall.update(CER=cer(refs, hyps), WER=wer(refs, hyps), VER=ver(refs, hyps))
         for row, r, h in zip(rows, refs, hyps):
@@ -71,6 +117,48 @@ def score(
         if values is not None:
             table.insert(0, name, list(values))
     return overall, table
+
+
+def lip_articulation(pred, true, topology, phonemes, fps: float, utterances=None) -> dict:
+    """score's lip-articulation figures: {"overall": {figure: value}, column: [value per utterance], ...}."""
+    pairs = [(np.asarray(p), np.asarray(t)) for p, t in zip(pred, true)]
+    out = {
+        "overall": {"lip_mve_mm": lip_mve(pred, true, topology.lip_ids)},
+        "lip_mve_mm": [lip_mve([p], [t], topology.lip_ids) for p, t in pairs],
+    }
+    ids = midline_ids(getattr(topology, "faces", None))
+    if ids is None:
+        log.info("lip opening metrics skipped: the mesh's inner-lip midline vertices are not known (not synth3d)")
+        return out
+    upper, lower = ids
+
+    def opening(seq):
+        v = np.asarray(seq).reshape(len(seq), -1, 3)
+        return (v[:, upper, 1] - v[:, lower, 1]).astype(np.float64)
+
+    n = [min(len(p), len(t)) for p, t in pairs]
+    pred_open = [opening(p)[:k] for (p, _), k in zip(pairs, n)]
+    true_open = [opening(t)[:k] for (_, t), k in zip(pairs, n)]
+    out["overall"].update(aperture_rmse_mm=aperture_rmse(pred_open, true_open), MTM_ms=mtm(pred_open, true_open, fps))
+    out["aperture_rmse_mm"] = [aperture_rmse(p, t) for p, t in zip(pred_open, true_open)]
+    out["MTM_ms"] = mtm_per_sequence(pred_open, true_open, fps).tolist()
+    if phonemes is None:
+        return out
+    if utterances is None:
+        raise ValueError("score: phonemes given without the utterances they belong to")
+    utterances = list(utterances)
+    phonemes = phonemes[phonemes["utterance"].isin(utterances)]
+    counts = [closure_counts({u: p}, phonemes[phonemes["utterance"] == u], fps) for u, p in zip(utterances, pred_open)]
+    closed, bilabials = sum(c for c, _ in counts), sum(b for _, b in counts)
+    gt_closed, _ = closure_counts(dict(zip(utterances, true_open)), phonemes, fps)
+    out["overall"].update(
+        closure_rate=closed / bilabials if bilabials else float("nan"),
+        gt_closure_rate=gt_closed / bilabials if bilabials else float("nan"),
+    )
+    out["closures"] = [c for c, _ in counts]
+    out["bilabials"] = [b for _, b in counts]
+    out["closure_rate"] = [c / b if b else float("nan") for c, b in counts]
+    return out
 
 
 def error_counts(rows: pd.DataFrame) -> pd.DataFrame:
@@ -89,15 +177,31 @@ def error_counts(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooling_parts(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per metric, a numerator and a denominator per row: a group's pooled metric is sum / sum. LVE and MVE pool
-    over frames (`n_frames` as weights), FDD over utterances, CER, WER and VER (rows with `error_counts`) over
-    reference characters, words and visemes."""
+    """Per metric, a numerator and a denominator per row: a group's pooled metric is sum / sum (for ROOT_POOLED
+    metrics, its square root). LVE and MVE pool over frames (`n_frames` as weights), FDD over utterances, CER, WER
+    and VER (rows with `error_counts`) over reference characters, words and visemes. The lip-articulation columns,
+    where the rows have them: lip_mve_mm over frames, aperture_rmse_mm as squares over frames, MTM_ms over the
+    utterances that have one (not NaN), closure_rate as closures over bilabials."""
     w, one = rows["n_frames"].to_numpy(float), np.ones(len(rows))
     parts = {
         "LVE": (rows["LVE"].to_numpy() * w, w),
         "MVE": (rows["MVE"].to_numpy() * w, w),
         "FDD": (rows["FDD"].to_numpy(), one),
     }
+
+    def column(name):  # numbers, whatever a CSV made of them (an empty cell read as "" is NaN)
+        return pd.to_numeric(rows[name], errors="coerce").to_numpy(float)
+
+    if "lip_mve_mm" in rows:
+        parts["lip_mve_mm"] = (column("lip_mve_mm") * w, w)
+    if "aperture_rmse_mm" in rows:
+        parts["aperture_rmse_mm"] = (column("aperture_rmse_mm") ** 2 * w, w)
+    if "MTM_ms" in rows:
+        value = column("MTM_ms")
+        has = np.isfinite(value)
+        parts["MTM_ms"] = (np.where(has, value, 0.0), has.astype(float))
+    if "closures" in rows:
+        parts["closure_rate"] = (column("closures"), column("bilabials"))
     if "char_err" in rows:
         parts.update(
             CER=(rows["char_err"].to_numpy(), rows["chars"].to_numpy()),
@@ -109,7 +213,12 @@ def pooling_parts(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def pooled(rows: pd.DataFrame) -> pd.Series:
     """The metrics of a group of per-utterance rows, pooled as `score` pools a whole run."""
-    return pd.Series({m: num.sum() / den.sum() for m, (num, den) in pooling_parts(rows).items()})
+    out = {}
+    for m, (num, den) in pooling_parts(rows).items():
+        total = den.sum()
+        value = num.sum() / total if total else float("nan")  # no bilabial, no MTM in the group: undefined
+        out[m] = np.sqrt(value) if m in ROOT_POOLED else value
+    return pd.Series(out)
 
 
 class PredictionError(ValueError):
@@ -205,7 +314,12 @@ def score_predictions(
         gts.append(gt)
         templates.append(corpus.templates[row["subject"]])
         subjects.append(row["subject"])
-    metrics, rows = score(preds, gts, templates, corpus.topology, utterances=wanted, subjects=subjects)
+    rates = sorted({float(corpus.row(u)["fps"]) for u in wanted})
+    fps = rates[0] if len(rates) == 1 else None
+    if fps is None:
+        log.warning("%s: frame rates %s mixed; lip articulation not scored", corpus.root / "manifest.csv", rates)
+    phonemes = corpus.phonemes() if fps is not None else None
+    metrics, rows = score(preds, gts, templates, corpus.topology, None, None, wanted, subjects, phonemes, fps)
     per_utt = pd.concat(
         [
             rows[["utterance", "subject"]],

@@ -27,6 +27,7 @@ from avguide.data.text import normalize_text
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["utterance", "subject", "sentence", "split", "text", "n_frames", "fps", "wav", "vertices"]
+PHONEME_COLUMNS = ["utterance", "index", "phoneme", "viseme", "start_s", "end_s"]
 SPLITS = ("train", "val", "test")
 
 
@@ -113,6 +114,23 @@ def read_manifest(path: Path, required: list[str] = MANIFEST_COLUMNS, stage: str
     return df
 
 
+def read_phonemes(path: Path) -> pd.DataFrame:
+    """phonemes.csv (the synthetic corpus' exact phoneme timings), checked: its columns, intervals in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: phoneme timings not found (only the synthetic corpus has them)")
+    df = pd.read_csv(path, dtype={c: str for c in ("utterance", "phoneme", "viseme")}, keep_default_na=False)
+    missing = [c for c in PHONEME_COLUMNS if c not in df.columns]
+    if missing:
+        raise CorpusError(f"{path}: lacks columns {missing}; has {list(df.columns)}")
+    bad = df[~(df["end_s"] >= df["start_s"])]
+    if len(bad):
+        raise CorpusError(
+            f"{path}: phoneme {bad.iloc[0]['index']} of {bad.iloc[0]['utterance']!r} ends before it starts"
+        )
+    return df
+
+
 class Corpus:
     """A 3D corpus on disk: manifest, templates, topology, and per-utterance audio and vertices."""
 
@@ -165,6 +183,11 @@ class Corpus:
             }
         )
         return out.reindex([s for s in SPLITS if s in out.index])
+
+    def phonemes(self) -> pd.DataFrame | None:
+        """The exact phoneme timings (phonemes.csv) when the corpus has them (the synthetic one), else None."""
+        path = self.root / "phonemes.csv"
+        return read_phonemes(path) if path.is_file() else None
 
     def row(self, utterance: str) -> pd.Series:
         if utterance not in self._index:

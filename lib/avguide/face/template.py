@@ -16,6 +16,7 @@ a face and blinks and brow motion have somewhere to happen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -202,8 +203,27 @@ def build_face(shape: FaceShape = FaceShape()) -> FaceMesh:
     )
 
 
+MIDLINE_UPPER = N_ROLL * N_ANGLES + N_ANGLES // 4  # inner-lip contour, top of the mouth opening
+MIDLINE_LOWER = N_ROLL * N_ANGLES + 3 * N_ANGLES // 4  # inner-lip contour, bottom
+
+
 def lip_opening(vertices: np.ndarray) -> np.ndarray:
     """Inner-lip distance at the mouth's midline (metres), for (..., V, 3) vertices of this template."""
-    mid = N_ROLL * N_ANGLES + N_ANGLES // 4  # top of the mouth opening
-    partner = N_ROLL * N_ANGLES + 3 * N_ANGLES // 4  # bottom
-    return vertices[..., mid, 1] - vertices[..., partner, 1]
+    return vertices[..., MIDLINE_UPPER, 1] - vertices[..., MIDLINE_LOWER, 1]
+
+
+@lru_cache(maxsize=1)
+def _template_faces() -> np.ndarray:
+    return build_face().faces  # the same for every FaceShape: the shape moves vertices, never connects them
+
+
+def midline_ids(faces: np.ndarray | None) -> tuple[int, int] | None:
+    """(upper, lower) ids of the inner-lip midline vertices that `lip_opening` reads when `faces` is this
+    template's connectivity (the synthetic corpus' topology.npz), else None: the ids of other meshes (VOCASET's
+    FLAME, BIWI) are not known here, so what needs the opening must be skipped for them."""
+    if faces is None:
+        return None
+    faces, ours = np.asarray(faces), _template_faces()
+    if faces.shape != ours.shape or not np.array_equal(faces, ours):
+        return None
+    return MIDLINE_UPPER, MIDLINE_LOWER

@@ -100,6 +100,26 @@ def add_noise(
     return audio + noise * scale[:, None] * valid
 
 
+def mask_chunks(
+    audio: torch.Tensor,
+    lengths: torch.Tensor,
+    fraction: float,
+    chunk: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Zero round(fraction · k) of the k chunks of `chunk` samples of each waveform, chosen at random (1.0: the
+    whole waveform; what is left of a masked chunk beyond the waveform is padding anyway)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"the masked fraction of the speech must be in [0, 1]; got {fraction}")
+    keep = torch.ones_like(audio)
+    for b, n in enumerate(lengths.tolist()):
+        k = -(-int(n) // chunk)
+        masked = torch.randperm(k, generator=generator, device="cpu")[: int(round(fraction * k))]
+        for c in masked.tolist():
+            keep[b, c * chunk : (c + 1) * chunk] = 0
+    return audio * keep
+
+
 def drop_stream(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero each item's whole stream with probability `prob` (modality dropout)."""
     drop = _rand(x.shape[0], x.device, generator) < prob

@@ -325,11 +325,7 @@ class Expert(nn.Module):
         n_enc = n_frames * r
         streams = []
         if "video" in need:
-            v = self.video_front(video.to(self.device), n_frames)
-            v = v.repeat_interleave(r, dim=1) if r > 1 else v
-            streams.append(
-                conformer_forward(self.video_encoder, v + sinusoids(v.shape[1], cfg.d_model, v.device), n_enc)
-            )
+            streams.append(self.video_features(video, n_frames))
         if "audio" in need:
             a = self.audio_front(audio.to(self.device), audio_lengths.to(self.device), n_enc)
             streams.append(
@@ -337,6 +333,19 @@ class Expert(nn.Module):
             )
         x = self.fusion(torch.cat(streams, -1)) if cfg.mode == "av" else streams[0]
         return x * lengths_to_mask(n_enc, x.shape[1])[..., None], n_enc
+
+    def video_features(self, video: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """The visual stream's encoder output (B, T·upsample, d_model) for (B, T, H, W) video of n_frames (B,)
+        frames: what the reader knows from the lips alone, each frame in the context of the whole clip (the
+        input of the fusion in mode "av", of the heads in mode "video")."""
+        if self.cfg.mode == "audio":
+            raise ValueError("an audio-only Expert has no visual stream")
+        r, n_frames = self.cfg.upsample, n_frames.to(self.device)
+        v = self.video_front(video.to(self.device), n_frames)
+        v = v.repeat_interleave(r, dim=1) if r > 1 else v
+        return conformer_forward(
+            self.video_encoder, v + sinusoids(v.shape[1], self.cfg.d_model, v.device), n_frames * r
+        )
 
     def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.ctc_head(enc), -1)
@@ -359,15 +368,17 @@ class Expert(nn.Module):
         token_lengths=None,
         reduction: str = "mean",
         ctc_weight: float | None = None,
+        label_smoothing: float | None = None,
     ) -> ExpertLoss:
         """Joint CTC / attention loss; tokens (B, L) padded with VOCAB.pad, no <sos/eos>.
 
         Each part is per target token of its item; reduction "none" gives (B,) tensors, "mean" their mean.
+        `ctc_weight` and `label_smoothing` default to the config's.
         """
         if tokens is None:
             raise ValueError("Expert.loss needs the target tokens")
         enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
-        return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight)
+        return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight, label_smoothing)
 
     def loss_of_encoding(
         self,
@@ -377,9 +388,11 @@ class Expert(nn.Module):
         token_lengths=None,
         reduction: str = "mean",
         ctc_weight: float | None = None,
+        label_smoothing: float | None = None,
     ) -> ExpertLoss:
         """`loss` on an `encode` output (enc, n_enc): for a caller that also decodes the same encoding."""
         lam = self.cfg.ctc_weight if ctc_weight is None else ctc_weight
+        smoothing = self.cfg.label_smoothing if label_smoothing is None else label_smoothing
         tokens = tokens.to(self.device)
         token_lengths = (token_lengths if token_lengths is not None else (tokens != VOCAB.pad).sum(1)).to(self.device)
         logp = self.ctc_log_probs(enc)
@@ -394,7 +407,7 @@ class Expert(nn.Module):
         ys_out[torch.arange(b), token_lengths] = VOCAB.eos
         out_valid = lengths_to_mask(token_lengths + 1, ys_out.shape[1])
         logits = self.decode_step(ys_in, enc, n_enc)
-        ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=self.cfg.label_smoothing)
+        ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=smoothing)
         ce = (ce * out_valid).sum(1) / (token_lengths + 1)
         total = lam * ctc + (1 - lam) * ce
         if reduction == "none":

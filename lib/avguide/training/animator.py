@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from avguide.losses import AVGuidance, LossWeights, animator_loss
+from avguide.losses import LossSetting, MotionBasis, animator_loss
 from avguide.models.checkpoint import save_checkpoint
 
 
@@ -23,9 +23,10 @@ class AnimatorModule(pl.LightningModule):
 
     Subjects unseen in training (subject id -1: validation and test speakers) borrow the style of
     training subject `unseen_style`, as FaceFormer conditions its test subjects on a training style.
-    With `weights` the training loss is the paper's weighted sum (avguide.losses.animator_loss; L_av needs
-    `guidance` and `lip_ids`), each term logged, and every `diagnose_every` steps the mean gradient norm of
-    L_av on lip and on non-lip vertices; validation always reports the animator's own loss.
+    With a loss `setting` the training loss is avguide.losses.animator_loss (its perceptual term needs `term`,
+    and `basis` when the setting projects the term's gradient), each part logged, and every `diagnose_every`
+    steps the gradient diagnostics of each part on the lip vertices; validation always reports the animator's
+    own loss. A term that trains jointly (a reader with `joint`) learns at `term_lr`.
     """
 
     def __init__(
@@ -33,40 +34,50 @@ class AnimatorModule(pl.LightningModule):
         model: nn.Module,
         lr: float = 1e-4,
         unseen_style: int = 0,
-        weights: LossWeights | None = None,
-        guidance: AVGuidance | None = None,
+        setting: LossSetting | None = None,
+        term: nn.Module | None = None,
         lip_ids=None,
+        basis: MotionBasis | None = None,
+        term_lr: float | None = None,
         diagnose_every: int = 10,
     ):
         super().__init__()
-        self.model, self.guidance = model, guidance
-        self.lr = lr
+        self.model, self.term, self.basis = model, term, basis
+        self.lr, self.term_lr = lr, term_lr
         self.unseen_style = unseen_style
-        self.weights, self.lip_ids, self.diagnose_every = weights, lip_ids, diagnose_every
+        self.setting, self.lip_ids, self.diagnose_every = setting, lip_ids, diagnose_every
 
     def _styled(self, batch: dict) -> dict:
         return {**batch, "subject_ids": borrow_style(batch["subject_ids"], self.unseen_style)}
 
     def training_step(self, batch, batch_idx):
         n = len(batch["n_frames"])
-        if self.weights is None:
+        if self.setting is None:
             loss = self.model.loss(self._styled(batch))
             self.log("train/loss", loss, batch_size=n, prog_bar=True, sync_dist=True)
             return loss
         diagnose = self.global_step % self.diagnose_every == 0
-        terms = animator_loss(self.model, self._styled(batch), self.weights, self.lip_ids, self.guidance, diagnose)
-        for name, value in terms.items():
+        parts = animator_loss(
+            self.model, self._styled(batch), self.setting, self.lip_ids, self.term, self.basis, diagnose
+        )
+        for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=n, prog_bar=name == "loss", sync_dist=True)
-        return terms["loss"]
+        return parts["loss"]
 
     def validation_step(self, batch, batch_idx):
         loss = self.model.loss(self._styled(batch))
         self.log("val/loss", loss, batch_size=len(batch["n_frames"]), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        """Adam over every trainable parameter (the expert's too when it trains jointly), its learning rate
+        """Adam over the animator (at `lr`) and over a jointly trained term (at `term_lr`), each learning rate
         decayed along a cosine to zero over the whole run."""
-        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.lr}]
+        joint = [p for p in self.term.parameters() if p.requires_grad] if self.term is not None else []
+        if joint:
+            if self.term_lr is None:
+                raise ValueError("a jointly trained term needs its own learning rate (guide.expert_lr_joint)")
+            groups.append({"params": joint, "lr": self.term_lr})
+        opt = torch.optim.Adam(groups)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         return {
             "optimizer": opt,

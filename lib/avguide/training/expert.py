@@ -32,7 +32,7 @@ from avguide.data.avcorpus import AVCorpus
 from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
 from avguide.data.corpus import Corpus
 from avguide.metrics import cer, wer
-from avguide.models.augment import AugmentConfig, augment_av
+from avguide.models.augment import AugmentConfig, augment_av, mask_chunks
 from avguide.models.expert import Decoding, Expert, ExpertConfig, ctc_greedy_decode, load_expert, save_reader
 from avguide.params import project_root
 from avguide.render.mouth import MouthView
@@ -280,14 +280,7 @@ def mask_audio(fraction: float, chunk_s: float = 0.2, seed: int = 0, sample_rate
     """An audio_fn zeroing `fraction` of each waveform in chunks of `chunk_s` (the same chunks on every call)."""
 
     def fn(audio, lengths):
-        g = np.random.default_rng(seed)
-        out = audio.clone()
-        chunk = int(chunk_s * sample_rate)
-        for b, n in enumerate(lengths.tolist()):
-            k = math.ceil(n / chunk)
-            for c in g.choice(k, size=int(round(fraction * k)), replace=False):
-                out[b, c * chunk : (c + 1) * chunk] = 0
-        return out
+        return mask_chunks(audio, lengths, fraction, int(chunk_s * sample_rate), torch.Generator().manual_seed(seed))
 
     return fn
 

@@ -3,9 +3,10 @@
 Stage 1 (`finetune_expert`): the expert pretrained on the 2D corpus is fine-tuned on mouth renders of the 3D
 training subjects' ground-truth meshes, carrying its 2D prior into the 3D domain; its CER on renders of the
 3D test subjects is measured before and after (with the speech, and with most of the speech masked).
-Stage 2 (`guide_animator`): a trained baseline animator is fine-tuned with the weighted loss of
-`guide.weights[<loss>]` (avguide.losses), the expert frozen or updated jointly. Every loss setting, the
-plain-MSE control included, gets the same epochs from the same baseline, so the comparison is like for like.
+Stage 2 (`guide_animator`): a trained baseline animator is fine-tuned with the loss setting
+`guide.weights[<loss>]` (avguide.losses: the vertex terms and at most one perceptual term: the expert reading the
+renders, a frozen reader's features, or the speech–lip critic). Every loss setting, the controls included, gets the
+same epochs and learning-rate schedule from the same baseline, so the comparison is like for like.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from dvclive.lightning import DVCLiveLogger
@@ -23,9 +26,9 @@ from tqdm.auto import tqdm
 
 from avguide.data.avdataset import collate_av
 from avguide.data.corpus import Corpus
-from avguide.data.dataset import TalkingFaceDataset
+from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.data.text import VOCAB
-from avguide.losses import AVGuidance, LossWeights
+from avguide.losses import CriticTerm, FeatureTerm, LossSetting, MotionBasis, ReaderTerm, calibrate
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig
 from avguide.models.checkpoint import load_checkpoint
@@ -35,6 +38,7 @@ from avguide.params import project_root
 from avguide.render.mouth import MouthView
 from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, make_trainer
+from avguide.training.critic import load_critic
 from avguide.training.expert import ExpertModule, mask_audio, transcribe_dataset
 from avguide.training.run import fit, predict_split
 
@@ -132,9 +136,39 @@ def run_name(animator: str, loss: str, seed: int) -> str:
     return f"{animator}-{loss}-seed{seed}"
 
 
-def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: bool = True) -> dict:
-    """Stage 2: fine-tune the baseline `animator` with loss setting `loss` (guide.weights) and `seed`; write
-    train.out/<animator>-<loss>-seed<seed>/ (model/, dvclive/, metrics.json: LVE, MVE, FDD, static bound)."""
+def training_offsets(corpus: Corpus, max_frames: int = 4000, seed: int = 0) -> np.ndarray:
+    """(N, V·3) offsets from the template of up to `max_frames` frames drawn evenly from every training clip."""
+    rows = corpus.split("train")
+    per_clip = max(1, max_frames // len(rows))
+    rng = np.random.default_rng(seed)
+    out = []
+    for row in rows.itertuples():
+        v = corpus.vertices(row.utterance) - corpus.templates[row.subject]
+        out.append(v[np.sort(rng.choice(len(v), min(per_clip, len(v)), replace=False))].reshape(-1, v[0].size))
+    return np.concatenate(out)
+
+
+def loss_term(setting: LossSetting, params: dict, corpus: Corpus, seed: int):
+    """The perceptual term of a loss setting, with its model (None when the setting has none)."""
+    g, root = params["guide"], project_root()
+    if setting.term is None:
+        return None
+    if setting.term == "critic":
+        return CriticTerm(load_critic(root / params["pretrain_critic"]["out"] / "model"), corpus.topology.lip_ids)
+    expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
+    if setting.reader == "random":  # the placebo: the same architecture, never trained
+        torch.manual_seed(seed + 1)
+        expert = Expert(expert.cfg)
+    view = guide_view(corpus.topology, g["render_size"], expert)
+    return (ReaderTerm if setting.term == "reader" else FeatureTerm)(expert, view, setting)
+
+
+def guide_animator(
+    params: dict, animator: str, loss: str, seed: int, progress: bool = True, out: Path | None = None
+) -> dict:
+    """Stage 2: fine-tune the baseline `animator` (train.out/<animator>) with loss setting `loss` (guide.weights)
+    and `seed`; write `out` (default train.out/<animator>-<loss>-seed<seed>/): model/, dvclive/, metrics.json (LVE,
+    MVE, FDD, static bound, and λ with its calibration)."""
     g, cfg = params["guide"], params["train"]
     if loss not in g["weights"]:
         raise ValueError(f"unknown loss setting {loss!r}; guide.weights has {sorted(g['weights'])}")
@@ -144,26 +178,53 @@ def guide_animator(params: dict, animator: str, loss: str, seed: int, progress: 
     model = load_checkpoint(*ANIMATORS[animator], root / cfg["out"] / animator / "model")
     if hasattr(model, "set_stage"):
         model.set_stage(model.stages[-1])
-    weights = LossWeights(**g["weights"][loss])
-    guidance = None
-    if weights.av:
-        expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
-        augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-        guidance = AVGuidance(
-            expert, guide_view(corpus.topology, g["render_size"], expert), augment, g["update_expert"], g["items"]
-        )
+    setting = LossSetting(**g["weights"][loss])
+    term = loss_term(setting, params, corpus, seed)
+    basis = MotionBasis.of_offsets(training_offsets(corpus, seed=seed), setting.basis) if setting.basis else None
+    train = TalkingFaceDataset(corpus, "train", cache=True)
+    metrics = {}
+    if setting.grad_ratio is not None:
+        first = DataLoader(train, batch_size=cfg["batch_size"], collate_fn=collate)  # in order: the same every run
+        batches = [b for _, b in zip(range(g["calibration_batches"]), first)]
+        metrics.update(calibrate(model, batches, setting, corpus.topology.lip_ids, term, basis))
     module = AnimatorModule(
         model,
         lr=g["lr"],
-        weights=weights,
-        guidance=guidance,
+        setting=setting,
+        term=term,
         lip_ids=corpus.topology.lip_ids,
+        basis=basis,
+        term_lr=g["expert_lr_joint"],
         diagnose_every=cfg["trainer"].get("log_every_n_steps", 10),
     )
-    out = root / cfg["out"] / run_name(animator, loss, seed)
+    out = out or root / cfg["out"] / run_name(animator, loss, seed)
     start = time.perf_counter()
-    fit(module, corpus, cfg, out, g["epochs"], out / "dvclive", progress)
-    metrics, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
-    metrics["train_s"] = round(time.perf_counter() - start, 1)
+    datasets = (train, TalkingFaceDataset(corpus, "val", cache=True))
+    fit(module, corpus, cfg, out, g["epochs"], out / "dvclive", progress, datasets)
+    scores, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
+    metrics = {**scores, **metrics, "weight": setting.weight, "train_s": round(time.perf_counter() - start, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
+
+
+@torch.no_grad()
+def informativeness(term, corpus: Corpus, variants: dict[str, list[np.ndarray]], split: str = "val", draws: int = 4):
+    """How much a term can tell faces apart: its value on each variant's (T, V, 3) sequences of `split` (e.g. the
+    ground truth, the baseline's predictions, the static template), over `draws` draws of its randomness (the
+    speech masks), against the spread of those draws. Rows: variant, draw, value; a term is informative when the
+    variants' means differ by more than the draws' spread."""
+    dataset = TalkingFaceDataset(corpus, split, cache=True)
+    term.eval()
+    rows = []
+    for name, sequences in variants.items():
+        for draw in range(draws):
+            torch.manual_seed(draw)
+            values = []
+            for start in range(0, len(dataset), 8):
+                batch = collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
+                pred = torch.zeros_like(batch["vertices"])
+                for b, k in enumerate(range(start, start + len(pred))):
+                    pred[b, : len(sequences[k])] = torch.as_tensor(np.asarray(sequences[k], np.float32))
+                values.append(float(term(pred, batch)["value"]) * len(pred))
+            rows.append({"variant": name, "draw": draw, "value": sum(values) / len(dataset)})
+    return pd.DataFrame(rows)
