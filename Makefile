@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: setup reproduce test lint format bench lab clean-venv
+.PHONY: setup reproduce study test lint format bench lab clean-venv
 
 # One stamp per install: the pipeline's packages, then the test or lab extras on top.
 $(VENV)/.stamp-base: pyproject.toml
@@ -20,13 +20,17 @@ $(VENV)/.stamp-%: $(VENV)/.stamp-base
 
 setup: $(VENV)/.stamp-base
 
-# `make reproduce PROFILE=vocaset` (biwi, ablation, smoke): params.yaml := the default + profiles/PROFILE.yaml,
+# `make reproduce PROFILE=vocaset` (biwi, smoke): params.yaml := the default + profiles/PROFILE.yaml,
 # checked first (every key known, every outside path it names exists); `git checkout params.yaml` goes back.
 PROFILE ?= default
 
 reproduce: setup
 	$(BIN)/python -m avguide.params compose $(PROFILE)
 	$(RUN) $(BIN)/dvc repro
+
+# The loss-setting study on the default pipeline's models (avguide.study): resumable; results/study/ is kept in git.
+study: reproduce
+	$(RUN) $(BIN)/python -m avguide.study
 
 test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider

@@ -1,36 +1,50 @@
-"""Training-step cost of AV guidance: a baseline step (vertex MSE) and an AV-guided step (params.yaml
-guide.weights.avguide: MSE + lip-vertex MSE + the expert's reading of the rendered mouths) on the same batch of
-the 3D corpus, each = forward of the loss + backward + Adam step. Prints one JSON line.
+"""Training-step cost of the loss settings of params.yaml guide.weights (avguide.losses.LossSetting) against the
+baseline setting mse+rlv (the vertex terms only), all on the same batch of the 3D corpus, each step = forward of
+avguide.losses.animator_loss + backward + Adam step (the animator at guide.lr, a jointly trained reader at
+guide.expert_lr_joint, as avguide.training.animator.AnimatorModule). Prints one JSON line.
 
-Times are medians over `--repeats` (after one warm-up step each; baseline and AV steps alternate, so the
-machine's load drifts through both alike). The AV step is broken down by timing its pieces inside the step:
+Times are medians over `--repeats` (after one warm-up step each, which also creates Adam's state and fills
+FeatureTerm's cache of ground-truth features, as training's first epoch does); the settings' steps are interleaved
+round-robin, so the machine's load drifts through all alike. The training's occasional gradient diagnostics
+(every train.trainer.log_every_n_steps steps) are not part of the step. Per setting (`settings.<name>`):
 
-  animator_s   the animator's training_prediction(batch) (forward)
-  render_s     the mouth render of the first `items` clips (MouthView.batch, forward)
-  expert_s     the expert's loss on them (forward); augment_s: the masking/noise of its inputs in between
-  backward_s   the whole backward, split by gradient hooks into expert_backward_s (down to the video, the
-               input augmentation included), render_backward_s (video -> vertices) and animator_backward_s
-  optimizer_s  the Adam step (the animator's parameters, and the expert's when guide.update_expert)
+  step_s             the whole step; ratio: its step_s over the baseline's
+  animator_s         the animator's training_prediction(batch) (forward)
+  term_s             the perceptual term's forward (0 without one)
+  backward_s         the whole backward, split by gradient hooks into term_backward_s (until the gradient reaches
+                     the animator's output: the term's backward, and the vertex terms') and animator_backward_s
+  optimizer_s        the Adam step
+  weights            where the term's model came from
 
-and `*_total_s` (forward + backward) per piece, with `largest` naming the largest of those and the optimizer.
+and, for the settings that render (term reader or feature), the pieces of term_s and term_backward_s:
+
+  render_s           the mouth render of every clip of the batch (MouthView.batch, forward)
+  reader_s           the reader's forward on them (Expert.loss; the feature term: Expert.video_features)
+  reader_backward_s  the backward down to the video (blur included); render_backward_s: video -> vertices
+                     (0 when the setting is detached: then reader_backward_s is the whole term_backward_s)
+
+with `*_total_s` (forward + backward) for animator, render and reader, `largest` naming the largest of those and
+the optimizer, and render_share: render_total_s over step_s.
+
+A setting with grad_ratio steps with λ = 1 (training calibrates it first; its value does not change the cost).
+Each term is built as training builds it (avguide.training.guide.loss_term); where its model is not saved yet
+(guide.expert_out/model, pretrain_critic.out/model), around a fresh model of params.yaml's sizes (the weights do
+not change the cost).
 
 The animator is the trained baseline (train.out/<animator>/model) when one exists with the sizes of
 params.yaml train.<animator>; otherwise a fresh one whose output stays near the template, as a trained
 animator's does: FaceFormer starts at the template by construction, CodeTalker's VQ-VAE output layer is
 scaled by 0.01. This matters: the rasterizer's cost depends on the geometry, and the crumpled meshes of a
 random VQ-VAE (offsets of ~5 mm of noise on every vertex) render ~25x slower than faces
-(`--random-output` keeps them, to see it).
+(`--random-output` keeps them, to see it). All settings step the same animator in turn, so its weights drift
+a little through the run (each setting has its own Adam state).
 
-The expert is the fine-tuned checkpoint (guide.expert_out/model, else pretrain_expert.out/model) when one
-exists with the sizes of params.yaml pretrain_expert.model; otherwise a fresh expert of those sizes (the
-weights do not change the cost).
-
-L_av's mouths are rasterized at params.yaml guide.render_size (as in training); `--render-size 88` renders them at
+The mouths are rasterized at params.yaml guide.render_size (as in training); `--render-size 88` renders them at
 full size, to compare.
 
-Usage: python benchmarks/train_step.py [--animator faceformer|codetalker] [--batch-size 8] [--items 2]
+Usage: python benchmarks/train_step.py [--animator faceformer|codetalker] [--settings a,b,c] [--batch-size 8]
                                        [--repeats 5] [--threads 1] [--params params.yaml] [--random-output]
-                                       [--render-size N]
+                                       [--render-size N] [--device cpu|cuda]
 """
 
 import argparse
@@ -44,15 +58,17 @@ import torch
 
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset, collate
-from avguide.losses import AVGuidance, LossWeights, animator_loss
-from avguide.models.augment import AugmentConfig
+from avguide.losses import CriticTerm, FeatureTerm, LossSetting, MotionBasis, ReaderTerm, animator_loss
 from avguide.models.checkpoint import load_checkpoint
-from avguide.models.expert import Expert, ExpertConfig
+from avguide.models.critic import CriticConfig, SyncCritic
+from avguide.models.expert import Expert
 from avguide.params import load_params, project_root
 from avguide.training.animator import borrow_style
 from avguide.training.expert import reader_config
-from avguide.training.guide import guide_view
+from avguide.training.guide import guide_view, loss_term, training_offsets
 from avguide.training.run import ANIMATORS, build_animator
+
+BASELINE = "mse+rlv"
 
 
 class Clock:
@@ -117,27 +133,42 @@ def pick_animator(name: str, params: dict, root, corpus: Corpus, random_output: 
     return model, "fresh" + (" (random output)" if random_output else " (predicts the template)")
 
 
-def pick_expert(params: dict, root, fps: float) -> tuple[Expert, str]:
-    """The fine-tuned or pretrained expert if saved with params.yaml's sizes, else a fresh one of those sizes."""
-    pe, g = params["pretrain_expert"], params["guide"]
-    wanted = reader_config(pe, "av", fps)
-    for folder in (root / g["expert_out"] / "model", root / pe["out"] / "model"):
-        if same_sizes(folder, pe["model"]):
-            return load_checkpoint(Expert, ExpertConfig, folder), str(folder.relative_to(root))
-    return Expert(wanted), "params.yaml pretrain_expert.model (fresh weights)"
+def pick_term(setting: LossSetting, params: dict, root, corpus: Corpus, seed: int):
+    """The setting's term as training builds it, and where its model came from; where that model is not saved
+    yet, the same term around a fresh model of params.yaml's sizes. (None, None) without a term."""
+    if setting.term is None:
+        return None, None
+    critic = setting.term == "critic"
+    folder = root / (params["pretrain_critic"]["out"] if critic else params["guide"]["expert_out"]) / "model"
+    try:
+        term = loss_term(setting, params, corpus, seed)
+        source = str(folder.relative_to(root))
+        return term, (f"random (the config of {source})" if not critic and setting.reader == "random" else source)
+    except FileNotFoundError:
+        pass
+    fps, lip_ids = float(corpus.manifest["fps"].iloc[0]), corpus.topology.lip_ids
+    if critic:
+        cfg = CriticConfig(n_lip_vertices=len(lip_ids), fps=fps, **params["pretrain_critic"].get("model", {}))
+        return CriticTerm(SyncCritic(cfg), lip_ids), "params.yaml pretrain_critic.model (fresh weights)"
+    expert = Expert(reader_config(params["pretrain_expert"], "av", fps))
+    view = guide_view(corpus.topology, params["guide"]["render_size"], expert)
+    term = (ReaderTerm if setting.term == "reader" else FeatureTerm)(expert, view, setting)
+    return term, "params.yaml pretrain_expert.model (fresh weights)"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--animator", default="faceformer", choices=["faceformer", "codetalker"])
+    ap.add_argument(
+        "--settings", default=None, help="comma-separated guide.weights names; default: all (mse+rlv always runs)"
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="default: params train.batch_size")
-    ap.add_argument("--items", type=int, default=None, help="clips rendered and read; default: params guide.items")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--random-output", action="store_true", help="keep a fresh CodeTalker's random output geometry")
     ap.add_argument(
-        "--render-size", type=int, default=None, help="L_av's rasterizer resolution; default: params guide.render_size"
+        "--render-size", type=int, default=None, help="the rasterizer's resolution; default: params guide.render_size"
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -145,16 +176,23 @@ def main():
     params = load_params(args.params)
     root = project_root()
     cfg, g = params["train"], params["guide"]
+    render_size = args.render_size or g["render_size"]
+    params = {**params, "guide": {**g, "render_size": render_size}}  # loss_term renders at guide.render_size
+    names = args.settings.split(",") if args.settings else list(g["weights"])
+    names = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+    unknown = [n for n in names if n not in g["weights"]]
+    if unknown:
+        raise SystemExit(f"unknown loss settings {unknown}; guide.weights has {sorted(g['weights'])}")
     batch_size = args.batch_size or cfg["batch_size"]
-    items = args.items or g["items"]
-    torch.manual_seed(params["seed"])
+    seed = params["seed"]
+    torch.manual_seed(seed)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    # the same batch for both steps: a seeded draw from the training split
+    # the same batch for every step: a seeded draw from the training split
     corpus = Corpus(root / params["prepare"]["out"])
     data = TalkingFaceDataset(corpus, "train")
-    picks = np.random.default_rng(params["seed"]).choice(len(data), batch_size, replace=False)
+    picks = np.random.default_rng(seed).choice(len(data), batch_size, replace=False)
     batch = collate([data[int(i)] for i in picks])
     batch["subject_ids"] = borrow_style(batch["subject_ids"], 0)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -163,97 +201,107 @@ def main():
     model = model.to(device).train()
     if hasattr(model, "set_stage"):  # CodeTalker: the guided training fine-tunes the code predictor
         model.set_stage(model.stages[-1])
-    expert, expert_source = pick_expert(params, root, float(corpus.manifest["fps"].iloc[0]))
-    augment = AugmentConfig(**{**params["pretrain_expert"]["augment"], **g["augment"]}, fps=expert.cfg.fps)
-    render_size = args.render_size or g["render_size"]
-    guidance = AVGuidance(
-        expert.to(device), guide_view(corpus.topology, render_size, expert), augment, g["update_expert"], items
-    ).train()
     lip_ids = corpus.topology.lip_ids
-    baseline_weights, av_weights = LossWeights(**g["weights"]["mse"]), LossWeights(**g["weights"]["avguide"])
     trainable = [p for p in model.parameters() if p.requires_grad]
-    baseline_opt = torch.optim.Adam(trainable, lr=g["lr"])
-    av_opt = torch.optim.Adam(trainable + [p for p in expert.parameters() if p.requires_grad], lr=g["lr"])
-
     clock = Clock(sync)
     clock.wrap(model, "training_prediction", "animator", grad_mark="animator_grad")
-    clock.wrap(guidance.view, "batch", "render", grad_mark="render_grad")
-    clock.wrap(expert, "loss", "expert")
-    clock.wrap(guidance, "forward", "guidance")
 
-    def step(weights, opt, guide):
+    runs, bases = {}, {}
+    for name in names:
+        setting = LossSetting(**g["weights"][name])
+        if setting.grad_ratio is not None:
+            setting.weight = 1.0  # as if calibrated
+        term, source = pick_term(setting, params, root, corpus, seed)
+        groups = [{"params": trainable, "lr": g["lr"]}]
+        if term is not None:
+            term = term.to(device).train()
+            clock.wrap(term, "forward", "term")
+            if hasattr(term, "view"):  # a reader or feature term: render, then read
+                clock.wrap(term.view, "batch", "render", grad_mark="render_grad")
+                clock.wrap(term.model, "loss" if setting.term == "reader" else "video_features", "reader")
+            joint = [p for p in term.parameters() if p.requires_grad]
+            if joint:
+                groups.append({"params": joint, "lr": g["expert_lr_joint"]})
+        if setting.basis and setting.basis not in bases:
+            bases[setting.basis] = MotionBasis.of_offsets(training_offsets(corpus, seed=seed), setting.basis)
+        runs[name] = {
+            "setting": setting,
+            "term": term,
+            "basis": bases.get(setting.basis),
+            "opt": torch.optim.Adam(groups),
+            "weights": source,
+            "times": [],
+        }
+
+    def step(run):
         """One training step; the times of its phases."""
         clock.reset()
         clock.mark("start")
-        loss = animator_loss(model, batch, weights, lip_ids, guide)["loss"]
+        loss = animator_loss(model, batch, run["setting"], lip_ids, run["term"], run["basis"])["loss"]
         clock.mark("forward")
-        opt.zero_grad(set_to_none=True)
+        run["opt"].zero_grad(set_to_none=True)
         loss.backward()
         clock.mark("backward")
-        opt.step()
+        run["opt"].step()
         clock.mark("end")
         m, s = clock.marks, clock.spent
         out = {
             "step": m["end"] - m["start"],
-            "backward": m["backward"] - m["forward"],
-            "optimizer": m["end"] - m["backward"],
             "animator": s["animator"],
+            "term": s["term"],
+            "backward": m["backward"] - m["forward"],
+            "term_backward": m["animator_grad"] - m["forward"],
+            "animator_backward": m["backward"] - m["animator_grad"],
+            "optimizer": m["end"] - m["backward"],
         }
-        if guide is not None:
+        if "render" in s:
+            reached = m.get("render_grad", m["animator_grad"])  # a detached render gets no gradient
             out.update(
                 render=s["render"],
-                expert=s["expert"],
-                augment=s["guidance"] - s["render"] - s["expert"],
-                expert_backward=m["render_grad"] - m["forward"],
-                render_backward=m["animator_grad"] - m["render_grad"],
-                animator_backward=m["backward"] - m["animator_grad"],
+                reader=s["reader"],
+                reader_backward=reached - m["forward"],
+                render_backward=m["animator_grad"] - reached,
             )
         return out
 
-    runs = {"baseline": [], "av": []}
-    for _ in range(args.repeats + 1):  # the first of each warms up (and creates Adam's state)
-        runs["baseline"].append(step(baseline_weights, baseline_opt, None))
-        runs["av"].append(step(av_weights, av_opt, guidance))
-    med = {name: {k: statistics.median(r[k] for r in rs[1:]) for k in rs[0]} for name, rs in runs.items()}
-    base, av = med["baseline"], med["av"]
-    totals = {
-        "animator": av["animator"] + av["animator_backward"],
-        "render": av["render"] + av["render_backward"],
-        "expert": av["augment"] + av["expert"] + av["expert_backward"],
-        "optimizer": av["optimizer"],
-    }
+    for _ in range(args.repeats + 1):  # the first round warms up (and creates Adam's state)
+        for run in runs.values():
+            run["times"].append(step(run))
+
     r = lambda x: round(x, 4)  # noqa: E731
+    base_step = statistics.median(t["step"] for t in runs[BASELINE]["times"][1:])
+    report = {}
+    for name, run in runs.items():
+        times = run["times"][1:]
+        med = {k: statistics.median(t[k] for t in times) for k in times[0]}
+        out = {"step_s": r(med["step"]), "ratio": round(med["step"] / base_step, 2)}
+        out.update({f"{k}_s": r(v) for k, v in med.items() if k != "step"})
+        if "render" in med:
+            totals = {
+                "animator": med["animator"] + med["animator_backward"],
+                "render": med["render"] + med["render_backward"],
+                "reader": med["reader"] + med["reader_backward"],
+                "optimizer": med["optimizer"],
+            }
+            out.update({f"{k}_total_s": r(v) for k, v in totals.items() if k != "optimizer"})
+            out["largest"] = max(totals, key=totals.get)
+            out["render_share"] = round(totals["render"] / med["step"], 3)
+        if run["weights"]:
+            out["weights"] = run["weights"]
+        report[name] = out
+
     print(
         json.dumps(
             {
                 "animator": args.animator,
-                "baseline_step_s": r(base["step"]),
-                "av_step_s": r(av["step"]),
-                "ratio": round(av["step"] / base["step"], 2),
-                "animator_s": r(av["animator"]),
-                "render_s": r(av["render"]),
-                "augment_s": r(av["augment"]),
-                "expert_s": r(av["expert"]),
-                "backward_s": r(av["backward"]),
-                "expert_backward_s": r(av["expert_backward"]),
-                "render_backward_s": r(av["render_backward"]),
-                "animator_backward_s": r(av["animator_backward"]),
-                "optimizer_s": r(av["optimizer"]),
-                **{f"{k}_total_s": r(v) for k, v in totals.items() if k != "optimizer"},
-                "largest": max(totals, key=totals.get),
-                "render_share": round(totals["render"] / av["step"], 3),
-                "baseline_animator_s": r(base["animator"]),
-                "baseline_backward_s": r(base["backward"]),
-                "baseline_optimizer_s": r(base["optimizer"]),
+                "baseline": BASELINE,
+                "settings": report,
                 "batch_size": batch_size,
-                "items": items,
                 "frames": int(batch["n_frames"].max()),
-                "rendered_frames": int(batch["n_frames"][:items].sum()),
+                "rendered_frames": int(batch["n_frames"].sum()),
                 "render_size": render_size,
                 "vertices": corpus.n_vertices,
                 "animator_weights": animator_source,
-                "expert": expert_source,
-                "update_expert": bool(g["update_expert"]),
                 "repeats": args.repeats,
                 "threads": torch.get_num_threads(),
                 "device": str(device),

@@ -26,8 +26,8 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_the_profiles_are_smoke_vocaset_biwi_and_ablation():
-    assert PROFILES == ["ablation", "biwi", "smoke", "vocaset"]
+def test_the_profiles_are_smoke_vocaset_and_biwi():
+    assert PROFILES == ["biwi", "smoke", "vocaset"]
     assert not list(ROOT.glob("params.*.yaml")), "the old full copies are gone"
 
 
@@ -119,7 +119,7 @@ def test_compose_writes_params_yaml_and_refuses_a_second_profile(project):
     text = (project / "params.yaml").read_text()
     assert text.startswith("# profile: smoke") and yaml.safe_load(text) == load_params(ROOT / "params.yaml", "smoke")
     assert P.main(["compose", "smoke"]) == 0 and (project / "params.yaml").read_text() == text  # idempotent
-    assert P.main(["compose", "ablation"]) == 1 and (project / "params.yaml").read_text() == text
+    assert P.main(["compose", "biwi"]) == 1 and (project / "params.yaml").read_text() == text
     assert P.main(["compose", "default"]) == 1
     (project / "params.yaml").write_text(default)
     assert P.main(["compose", "default"]) == 0 and (project / "params.yaml").read_text() == default

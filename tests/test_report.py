@@ -331,21 +331,30 @@ def test_readme_command_rewrites_only_the_block(tmp_path, monkeypatch):
     assert report.main(["readme"]) == 1
 
 
-def test_readme_ablation_block_comes_from_its_own_eval_dir(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "eval": {"out": "out/eval"}}))
-    (tmp_path / "ablation").mkdir()
-    (tmp_path / "ablation/metrics.json").write_text(json.dumps(METRICS_JSON))
-    (tmp_path / "ablation/run.json").write_text(json.dumps(RUN))
-    start, end = report.markers("ablation")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{report.START}\nmain\n{report.END}\n{start}\nold\n{end}\n")
-    monkeypatch.chdir(tmp_path)
-    assert report.main(["readme", "--block", "ablation", "--eval-dir", str(tmp_path / "ablation")]) == 0
-    text = readme.read_text()
-    assert text.startswith(f"{report.START}\nmain\n{report.END}\n")  # the main block untouched
-    ablation = text[text.index(start) :]
-    assert "old" not in ablation and "| `faceformer-avguide` | 2.824e-05 ± 1.200e-06" in ablation
-    assert "over 3 seeds (mean ± sd)" in ablation.replace("\n", " ") and "figures/" not in ablation
+def test_study_block_lists_every_model_and_its_paired_difference():
+    summary = {
+        "oracle": {"LVE": 9.2e-6, "CER": 0.2, "closure_rate": 1.0},
+        "faceformer-mse+rlv": {"LVE": 1.54e-5, "CER": 0.284, "closure_rate": 0.3, "n_seeds": 3, "weight": 0.0},
+        "faceformer-critic": {"LVE": 1.5e-5, "CER": 0.25, "closure_rate": 0.5, "n_seeds": 3, "weight": 3.1e-7},
+    }
+    paired = pd.DataFrame(
+        [
+            {
+                "model": "faceformer-critic",
+                "control": "faceformer-mse+rlv",
+                "metric": m,
+                "diff": d,
+                "lo": d - 1,
+                "hi": d + 1,
+            }
+            for m, d in (("LVE", -2.6), ("CER", -3.4), ("closure_rate", 20.0))
+        ]
+    )
+    block = report.study_block(summary, paired, {"guide": {"epochs": 6}})
+    start, end = report.markers("study")
+    assert block.startswith(start) and block.endswith(end) and "6 epochs" in block
+    assert "| `faceformer-critic` | 15.00 |  | 25.0 |  | 50 |  | 3.1e-07 | 3 |" in block
+    assert "| `faceformer-critic` | -2.6 [-3.6, -1.6] | -3.4 [-4.4, -2.4] | +20.0 [+19.0, +21.0] |" in block
     with pytest.raises(ValueError, match="block"):
         report.markers("other")
 
@@ -431,12 +440,12 @@ def test_paired_differences_score_both_models_on_the_same_draw():
     rows = []
     for seed in (0, 1):
         control = rng.integers(2, 8, size=len(utts))
-        rows += paired_rows("ff-mse", seed, control, 2.0, utts)
+        rows += paired_rows("ff-mse+rlv", seed, control, 2.0, utts)
         rows += paired_rows("ff-avguide", seed, control - 1, 2.2, utts)  # one error fewer everywhere, LVE +10 %
         rows += paired_rows("ff-baseline", seed, control, 2.0, utts)
         rows += paired_rows("ct-avguide", seed, control, 2.0, utts)  # no control: not compared
     paired = report.paired_differences(pd.DataFrame(rows))
-    assert set(paired["model"]) == {"ff-avguide"} and set(paired["control"]) == {"ff-mse"}
+    assert set(paired["model"]) == {"ff-avguide"} and set(paired["control"]) == {"ff-mse+rlv"}
     by = paired.set_index("metric")
     assert by.loc["CER", "diff"] == pytest.approx(-5.0)  # 1 of 20 characters, in points
     assert by.loc["CER", "lo"] == pytest.approx(-5.0) and by.loc["CER", "hi"] == pytest.approx(
@@ -449,10 +458,10 @@ def test_paired_differences_score_both_models_on_the_same_draw():
     row = report.paired_differences(noisy).set_index("metric").loc["CER"]
     assert row["lo"] < row["diff"] < row["hi"] < 0
     table = report.paired_table(paired)
-    assert "| `ff-avguide` − `ff-mse` | +10.0 % [+10.0, +10.0] | -5.0 [-5.0, -5.0] | -5.0 [-5.0, -5.0] |" in table
+    assert "| `ff-avguide` − `ff-mse+rlv` | +10.0 % [+10.0, +10.0] | -5.0 [-5.0, -5.0] | -5.0 [-5.0, -5.0] |" in table
     block = report.readme_block(METRICS_JSON, RUN, paired=paired)
     assert table in block and table not in report.readme_block(METRICS_JSON, RUN)
     with pytest.raises(ValueError, match="different utterances"):
         report.paired_differences(
-            pd.DataFrame([r for r in rows if not (r["model"] == "ff-mse" and r["utterance"] == "u0")])
+            pd.DataFrame([r for r in rows if not (r["model"] == "ff-mse+rlv" and r["utterance"] == "u0")])
         )

@@ -229,8 +229,11 @@ class MotionBasis:
         if k < 1 or k > min(offsets.shape):
             raise ValueError(f"basis: need 1 <= k <= {min(offsets.shape)} principal motions; got {k}")
         x = torch.as_tensor(np.asarray(offsets, np.float64))
-        _, _, vt = torch.linalg.svd(x, full_matrices=False)
-        return cls(vt[:k].T.float().contiguous())
+        values, vectors = torch.linalg.eigh(x @ x.T)  # N x N Gram matrix: N frames << V·3
+        top = vectors[:, -k:].flip(1)
+        basis = x.T @ top / values[-k:].flip(0).clamp_min(1e-30).sqrt()  # the right singular vectors
+        signs = torch.sign(basis[basis.abs().argmax(0), torch.arange(k)])  # a fixed sign per motion
+        return cls((basis * signs).float().contiguous())
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return _Project.apply(x, self.basis.to(x.device, x.dtype))

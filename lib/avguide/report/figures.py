@@ -1,6 +1,7 @@
 """Figures of the evaluation report (seaborn/matplotlib, written as PNG by `save`): metrics per model and per
 subject, the judge's viseme confusion, lip aperture and mouth-frame strips, t-SNE of the expert's features of
-lip-alike words, training curves; with the colours and line styles of the models."""
+lip-alike words, training curves, and the loss-setting study's Pareto and gradient-diagnostics figures; with the
+colours and line styles of the models."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from avguide.render.mouth import MouthView  # noqa: E402
 from avguide.report.stats import UNITS  # noqa: E402
 from avguide.scoring import METRICS  # noqa: E402
 
-BOUNDS = ("ground_truth", "static_template")
+BOUNDS = ("ground_truth", "static_template", "oracle")
 
 
 # ---------------------------------------------------------------- model colours
@@ -41,7 +42,7 @@ def model_colours(models) -> dict[str, tuple]:
     models = list(dict.fromkeys(models))
     animators = list(dict.fromkeys(m.split("-")[0] for m in models if m not in BOUNDS))
     hues = dict(zip(animators, sns.color_palette("colorblind", max(len(animators), 1))))
-    colours = {"ground_truth": (0.1, 0.1, 0.1), "static_template": (0.65, 0.65, 0.65)}
+    colours = {"ground_truth": (0.1, 0.1, 0.1), "static_template": (0.65, 0.65, 0.65), "oracle": (0.4, 0.4, 0.4)}
     for a in animators:
         family = [m for m in models if m.split("-")[0] == a]
         shades = sns.light_palette(hues[a], len(family) + 2)[2:]
@@ -464,3 +465,44 @@ def plot_curves(curves: pd.DataFrame, cols: int = 4):
     grid.set_titles("{col_name}", size=9)
     grid.figure.suptitle("Training curves (DVCLive), every stage", y=1.02)
     return grid.figure
+
+
+# ---------------------------------------------------------------- the loss-setting study
+
+
+def plot_pareto(summary: dict, animator: str = "faceformer"):
+    """LVE against the judge's CER of one animator's models (avguide.study's metrics.json): one curve per loss
+    setting over its grad_ratio sweep (`<setting>@<ratio>`, the setting's own ratio included), controls as points."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[str, list] = {}
+    for model, m in summary.items():
+        name, _, loss = model.partition("-")
+        if name == animator:
+            groups.setdefault(loss.split("@")[0], []).append((m["CER"] * 100, m["LVE"] * 1e6))
+    for (setting, points), colour in zip(groups.items(), sns.color_palette("tab10", len(groups))):
+        points = sorted(points)
+        ax.plot(*zip(*points), "o-" if len(points) > 1 else "o", color=colour, label=setting)
+    ax.set_xlabel("judge CER (%)")
+    ax.set_ylabel("LVE (mm²)")
+    ax.set_title(f"{animator}: each loss setting over its gradient ratio")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_diagnostics(diagnostics: dict[str, dict]):
+    """Per run, the mean over training of the perceptual term's cosine to the error and its lip-gradient ratio to the
+    vertex terms' (avguide.losses.gradient_diagnostics): what the term does to the lips."""
+    rows = [
+        {"run": run, "cosine": d["cos_term"], "ratio": d.get("ratio_term", np.nan)}
+        for run, d in diagnostics.items()
+        if "cos_term" in d
+    ]
+    table = pd.DataFrame(rows, columns=["run", "cosine", "ratio"]).sort_values("run")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * max(len(table), 4) + 1), sharey=True)
+    axes[0].barh(table["run"], table["cosine"], color="tab:blue")
+    axes[0].axvline(0, color="k", lw=0.5)
+    axes[0].set_xlabel("cos(-dL_term/dv, truth - prediction) on the lips")
+    axes[1].barh(table["run"], table["ratio"], color="tab:orange")
+    axes[1].set_xlabel("lip gradient: term / vertex terms")
+    fig.tight_layout()
+    return fig

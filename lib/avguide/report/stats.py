@@ -11,7 +11,7 @@ import pandas as pd
 
 from avguide.face.visemes import load_table
 from avguide.metrics import GAP, align, to_visemes
-from avguide.scoring import METRICS, error_counts, pooled, pooling_parts
+from avguide.scoring import METRICS, ROOT_POOLED, error_counts, pooled, pooling_parts
 
 # how each metric is drawn: label and factor from the stored unit (m², m, m², fraction)
 UNITS = {
@@ -65,51 +65,60 @@ def error_bars(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-PAIRED = ("LVE", "CER", "VER")  # the guided-minus-control differences the README states
+PAIRED = ("LVE", "CER", "VER")  # the guided-minus-control differences the README's results block states
+RELATIVE = ("LVE", "MVE", "FDD", "lip_mve_mm", "aperture_rmse_mm")  # differences in % of the control's
+RATES = ("CER", "WER", "VER", "closure_rate")  # differences in points; MTM_ms in milliseconds
 
 
-def paired_differences(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Each guided model against its control, `<animator>-<loss>` minus `<animator>-mse`, on the same test
-    utterances and seeds: the difference of the pooled LVE (in % of the control's) and of CER and VER (in
-    points), with a 95 % paired bootstrap interval: utterances are resampled (each with all its seeds) and the
-    same draw scores both models, so what the two share (hard utterances, the subject) cancels out."""
+def paired_differences(
+    table: pd.DataFrame, control: str = "mse+rlv", metrics=PAIRED, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Each guided model against its control, `<animator>-<loss>` minus `<animator>-<control>`, on the same test
+    utterances and seeds: the difference of each pooled metric (RELATIVE ones in % of the control's, RATES in
+    points, MTM in ms), with a 95 % paired bootstrap interval: utterances are resampled (each with all its seeds)
+    and the same draw scores both models, so what the two share (hard utterances, the subject) cancels out.
+    Metrics the rows do not have are left out."""
+    metrics = [m for m in metrics if m in pooling_parts(table.head(1))]
 
     def sums(name):  # per utterance, each metric's numerator and denominator summed over seeds
         rows = table[table["model"] == name]
         parts = pooling_parts(rows)
-        frame = pd.DataFrame({f"{m}_{k}": parts[m][k] for m in PAIRED for k in (0, 1)})
+        frame = pd.DataFrame({f"{m}_{k}": parts[m][k] for m in metrics for k in (0, 1)})
         return frame.assign(utterance=rows["utterance"].to_numpy()).groupby("utterance").sum()
 
     def rate(frame, m, index):
-        return frame[f"{m}_0"].to_numpy()[index].sum(-1) / frame[f"{m}_1"].to_numpy()[index].sum(-1)
+        value = frame[f"{m}_0"].to_numpy()[index].sum(-1) / frame[f"{m}_1"].to_numpy()[index].sum(-1)
+        return np.sqrt(value) if m in ROOT_POOLED else value
 
     models = list(dict.fromkeys(table["model"]))
     rows, rng = [], np.random.default_rng(seed)
     for model in models:
         animator, _, loss = model.partition("-")
-        control = f"{animator}-mse"
-        if loss in ("", "baseline", "mse") or control not in models:
+        reference = f"{animator}-{control}"
+        if loss in ("", "baseline", control) or reference not in models:
             continue
-        a, b = sums(model), sums(control)
+        a, b = sums(model), sums(reference)
         if set(a.index) != set(b.index):
-            raise ValueError(f"{model} and {control} were scored on different utterances")
+            raise ValueError(f"{model} and {reference} were scored on different utterances")
         b = b.loc[a.index]
         everything, pick = np.arange(len(a)), rng.integers(len(a), size=(n_boot, len(a)))
-        for m in PAIRED:
+        for m in metrics:
 
             def diff(index, a=a, b=b, m=m):  # bound now: called in this iteration only
                 mine, theirs = rate(a, m, index), rate(b, m, index)
-                return 100 * (mine / theirs - 1) if m == "LVE" else 100 * (mine - theirs)
+                if m in RELATIVE:
+                    return 100 * (mine / theirs - 1)
+                return 100 * (mine - theirs) if m in RATES else mine - theirs
 
             boot = diff(pick)
             rows.append(
                 {
                     "model": model,
-                    "control": control,
+                    "control": reference,
                     "metric": m,
                     "diff": float(diff(everything)),
-                    "lo": float(np.quantile(boot, 0.025)),
-                    "hi": float(np.quantile(boot, 0.975)),
+                    "lo": float(np.nanquantile(boot, 0.025)),
+                    "hi": float(np.nanquantile(boot, 0.975)),
                 }
             )
     return pd.DataFrame(rows, columns=["model", "control", "metric", "diff", "lo", "hi"])

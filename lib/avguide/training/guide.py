@@ -136,7 +136,7 @@ def run_name(animator: str, loss: str, seed: int) -> str:
     return f"{animator}-{loss}-seed{seed}"
 
 
-def training_offsets(corpus: Corpus, max_frames: int = 4000, seed: int = 0) -> np.ndarray:
+def training_offsets(corpus: Corpus, max_frames: int = 2000, seed: int = 0) -> np.ndarray:
     """(N, V·3) offsets from the template of up to `max_frames` frames drawn evenly from every training clip."""
     rows = corpus.split("train")
     per_clip = max(1, max_frames // len(rows))

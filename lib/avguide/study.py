@@ -1,0 +1,192 @@
+"""The loss-setting study (`make study`): which guidance makes lips easier to read, by a fair test.
+
+Every run fine-tunes a trained baseline of the default pipeline (train.out/<animator>) with one loss setting of
+guide.weights and one seed, exactly as the guide stage does (avguide.training.guide.guide_animator), into
+study.out/models/<run>/ (not kept in git), and scores it as the evaluate stage does (avguide.evaluate.TestScorer)
+into study.out/runs/<run>/: metrics.json (the figures, the setting and its calibrated λ, the training time, the
+mean of each gradient diagnostic) and per_utterance.csv. A run whose metrics.json records the same setting, epochs,
+learning rates and inputs (the dvc.lock hashes of the baseline, the expert, the critic and the judge) is not run
+again, so the study resumes where it stopped; `--force` runs everything again.
+
+Runs: study.runs[<animator>] × study.seeds, and for the Pareto figure every setting of study.sweep.settings at
+each of study.sweep.grad_ratios (FaceFormer, the first seed), named `<setting>@<ratio>`. Then the summary:
+study.out/metrics.json (per model: the mean over seeds), paired.json (every guided model against
+`<animator>-mse+rlv`: the paired difference of each metric with its 95 % bootstrap interval over test utterances
+and seeds), pareto.png and diagnostics.png, and the study block of the README.
+
+    python -m avguide.study [--only faceformer-critic] [--force] [--summary-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from avguide.evaluate import TestScorer
+from avguide.params import load_params, project_root
+from avguide.report.figures import plot_diagnostics, plot_pareto
+from avguide.report.readme import study_block, update_readme
+from avguide.report.stats import paired_differences
+from avguide.scoring import error_counts
+from avguide.training.guide import guide_animator
+
+CONTROL = "mse+rlv"
+INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
+
+
+def plan(params: dict) -> list[dict]:
+    """Every run of the study: {name, animator, loss, seed, setting} in order (controls first)."""
+    s, weights = params["study"], params["guide"]["weights"]
+    unknown = sorted({*(x for v in s["runs"].values() for x in v), *s["sweep"]["settings"]} - set(weights))
+    if unknown:
+        raise ValueError(f"params.yaml study: loss settings {unknown} are not in guide.weights")
+    runs = []
+    for animator, losses in s["runs"].items():
+        for loss in sorted(losses, key=lambda name: name != CONTROL):
+            for seed in s["seeds"]:
+                runs.append({"animator": animator, "loss": loss, "seed": seed, "setting": dict(weights[loss])})
+    for loss in s["sweep"]["settings"]:
+        for ratio in s["sweep"]["grad_ratios"]:
+            setting = {**weights[loss], "grad_ratio": ratio}
+            runs.append(
+                {"animator": "faceformer", "loss": f"{loss}@{ratio:g}", "seed": s["seeds"][0], "setting": setting}
+            )
+    for r in runs:
+        r["name"] = f"{r['animator']}-{r['loss']}-seed{r['seed']}"
+    return runs
+
+
+def input_hashes(root: Path) -> dict:
+    """The md5 of every output of the stages a run reads, from dvc.lock (what the study was run on)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {
+        out["path"]: out.get("md5")
+        for name, stage in sorted(lock.items())
+        if name.split("@")[0] in INPUTS
+        for out in stage.get("outs", [])
+    }
+
+
+def run_key(params: dict, run: dict, inputs: dict) -> dict:
+    g = params["guide"]
+    return {
+        "setting": run["setting"],
+        "epochs": g["epochs"],
+        "lr": g["lr"],
+        "expert_lr_joint": g["expert_lr_joint"],
+        "calibration_batches": g["calibration_batches"],
+        "render_size": g["render_size"],
+        "inputs": inputs,
+    }
+
+
+def diagnostics(live: Path) -> dict:
+    """The mean over training of each logged gradient diagnostic of a run (its dvclive/ curves)."""
+    out = {}
+    for path in sorted((live / "plots" / "metrics" / "train").glob("*.tsv")):
+        if path.stem.startswith(("grad_lip_", "cos_", "ratio_")):
+            out[path.stem] = float(pd.read_csv(path, sep="\t")[path.stem].mean())
+    return out
+
+
+def run_one(params: dict, run: dict, key: dict, scorer, progress: bool = False) -> dict:
+    out = project_root() / params["study"]["out"]
+    model_dir, run_dir = out / "models" / run["name"], out / "runs" / run["name"]
+    p = {**params, "guide": {**params["guide"], "weights": {run["loss"]: run["setting"]}}}
+    start = time.perf_counter()
+    trained = guide_animator(p, run["animator"], run["loss"], run["seed"], progress, out=model_dir)
+    figures, rows = scorer(scorer.predict(run["animator"], model_dir / "model"))
+    result = {
+        **figures,
+        "weight": trained["weight"],
+        "train_s": trained["train_s"],
+        "run_s": round(time.perf_counter() - start, 1),
+        "diagnostics": diagnostics(model_dir / "dvclive"),
+        "key": key,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows.assign(model=f"{run['animator']}-{run['loss']}", seed=run["seed"]).to_csv(
+        run_dir / "per_utterance.csv", index=False
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def done(run_dir: Path, key: dict) -> bool:
+    path = run_dir / "metrics.json"
+    return path.is_file() and json.loads(path.read_text()).get("key") == key
+
+
+def summarize(params: dict) -> dict:
+    """study.out/metrics.json, paired.json, the figures and the README block, from the runs done so far."""
+    out = project_root() / params["study"]["out"]
+    runs = [r for r in plan(params) if (out / "runs" / r["name"] / "metrics.json").is_file()]
+    results = {r["name"]: json.loads((out / "runs" / r["name"] / "metrics.json").read_text()) for r in runs}
+    table = error_counts(
+        pd.concat([pd.read_csv(out / "runs" / r["name"] / "per_utterance.csv", keep_default_na=False) for r in runs])
+    )
+    models = {}
+    for r in runs:
+        models.setdefault(f"{r['animator']}-{r['loss']}", []).append(results[r["name"]])
+    summary = {}
+    for model, per_seed in models.items():
+        numbers = pd.DataFrame([{k: v for k, v in m.items() if isinstance(v, (int, float))} for m in per_seed])
+        summary[model] = {**numbers.mean().to_dict(), "n_seeds": len(per_seed)}
+    paired = paired_differences(table, control=CONTROL)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "paired.json").write_text(
+        json.dumps(
+            paired.rename(columns={"model": "guided"}).to_dict(orient="records"),
+            indent=1,
+        )
+        + "\n"
+    )
+    plot_pareto(summary).savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
+    plot_diagnostics({name: res["diagnostics"] for name, res in results.items()}).savefig(
+        out / "diagnostics.png", dpi=120, bbox_inches="tight"
+    )
+    update_readme(project_root() / "README.md", study_block(summary, paired, params), "study")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m avguide.study", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--only", default=None, help="comma-separated run names or prefixes (e.g. faceformer-critic)")
+    parser.add_argument("--force", action="store_true", help="run again even what is done")
+    parser.add_argument("--summary-only", action="store_true", help="only the summary of the runs done so far")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    root = project_root()
+    runs = plan(params)
+    if args.only:
+        prefixes = args.only.split(",")
+        runs = [r for r in runs if r["name"].startswith(tuple(prefixes))]
+    if not args.summary_only:
+        inputs, scorer = input_hashes(root), None
+        for k, run in enumerate(runs):
+            key = run_key(params, run, inputs)
+            run_dir = root / params["study"]["out"] / "runs" / run["name"]
+            if done(run_dir, key) and not args.force:
+                print(f"[{k + 1}/{len(runs)}] {run['name']}: done", flush=True)
+                continue
+            scorer = scorer or TestScorer(params, progress=False)
+            result = run_one(params, run, key, scorer)
+            lve, cer = result["LVE"] * 1e6, 100 * result["CER"]
+            minutes = result["run_s"] / 60
+            print(
+                f"[{k + 1}/{len(runs)}] {run['name']}: LVE {lve:.2f} mm², CER {cer:.1f} % ({minutes:.1f} min)",
+                flush=True,
+            )
+    summarize(params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

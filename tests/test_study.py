@@ -1,0 +1,49 @@
+"""The loss-setting study's plan, its resumption and its diagnostics summary (avguide.study)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from avguide.params import load_params
+from avguide.study import CONTROL, diagnostics, done, plan
+
+
+def test_the_plan_runs_every_setting_and_seed_controls_first_and_the_sweep():
+    params = load_params()
+    runs = plan(params)
+    s = params["study"]
+    n = sum(len(v) for v in s["runs"].values()) * len(s["seeds"])
+    assert len(runs) == n + len(s["sweep"]["settings"]) * len(s["sweep"]["grad_ratios"])
+    assert len({r["name"] for r in runs}) == len(runs)
+    ff = [r for r in runs if r["animator"] == "faceformer" and "@" not in r["loss"]]
+    assert ff[0]["loss"] == CONTROL and {r["seed"] for r in ff} == set(s["seeds"])
+    sweep = [r for r in runs if "@" in r["loss"]]
+    first = sweep[0]
+    setting, ratio = first["loss"].split("@")
+    assert first["setting"] == {**params["guide"]["weights"][setting], "grad_ratio": float(ratio)}
+    assert first["name"] == f"faceformer-{setting}@{ratio}-seed{s['seeds'][0]}"
+
+
+def test_an_unknown_setting_is_named():
+    params = load_params()
+    params["study"]["runs"]["faceformer"].append("telepathy")
+    with pytest.raises(ValueError, match="telepathy"):
+        plan(params)
+
+
+def test_a_run_is_done_only_with_the_same_key(tmp_path):
+    key = {"setting": {"rlv": 1.0, "term": "critic", "grad_ratio": 0.5}, "epochs": 2, "inputs": {"a": "1"}}
+    assert not done(tmp_path, key)
+    (tmp_path / "metrics.json").write_text(json.dumps({"LVE": 1.0, "key": key}))
+    assert done(tmp_path, key)
+    assert not done(tmp_path, {**key, "epochs": 3})
+    assert not done(tmp_path, {**key, "inputs": {"a": "2"}})  # the baseline or a reader changed
+
+
+def test_diagnostics_are_the_means_of_the_logged_curves(tmp_path):
+    curves = tmp_path / "plots" / "metrics" / "train"
+    curves.mkdir(parents=True)
+    for name, values in (("cos_term", [0.1, 0.3]), ("ratio_term", [0.5, 0.5]), ("loss", [9.0, 9.0])):
+        pd.DataFrame({"step": [0, 10], name: values}).to_csv(curves / f"{name}.tsv", sep="\t", index=False)
+    assert diagnostics(tmp_path) == pytest.approx({"cos_term": 0.2, "ratio_term": 0.5})
