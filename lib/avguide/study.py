@@ -12,7 +12,8 @@ Runs: study.runs[<animator>] × study.seeds, and for the Pareto figure every set
 each of study.sweep.grad_ratios (FaceFormer, the first seed), named `<setting>@<ratio>`. Then the summary:
 study.out/metrics.json (per model: the mean over seeds), paired.json (every guided model against
 `<animator>-mse+rlv`: the paired difference of each metric with its 95 % bootstrap interval over test utterances
-and seeds), pareto.png and diagnostics.png, and the study block of the README.
+and seeds), pareto.png and diagnostics.png, and the study block of the README. The bounds (ground truth, static
+template, oracle) are scored once, into study.out/runs/<bound>/.
 
     python -m avguide.study [--only faceformer-critic] [--force] [--summary-only]
 """
@@ -37,6 +38,7 @@ from avguide.scoring import error_counts
 from avguide.training.guide import guide_animator
 
 CONTROL = "mse+rlv"
+BOUNDS = ("ground_truth", "static_template", "oracle")
 INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
 
 
@@ -118,6 +120,16 @@ def run_one(params: dict, run: dict, key: dict, scorer, progress: bool = False) 
     return result
 
 
+def score_bounds(params: dict, scorer, inputs: dict) -> None:
+    """The bounds (ground truth, static template, oracle) scored like the runs, into study.out/runs/<bound>/."""
+    out = project_root() / params["study"]["out"] / "runs"
+    for bound, pred in scorer.bounds().items():
+        figures, rows = scorer(pred)
+        (out / bound).mkdir(parents=True, exist_ok=True)
+        rows.assign(model=bound, seed=params["seed"]).to_csv(out / bound / "per_utterance.csv", index=False)
+        (out / bound / "metrics.json").write_text(json.dumps({**figures, "key": {"inputs": inputs}}, indent=1) + "\n")
+
+
 def done(run_dir: Path, key: dict) -> bool:
     path = run_dir / "metrics.json"
     return path.is_file() and json.loads(path.read_text()).get("key") == key
@@ -126,17 +138,23 @@ def done(run_dir: Path, key: dict) -> bool:
 def summarize(params: dict) -> dict:
     """study.out/metrics.json, paired.json, the figures and the README block, from the runs done so far."""
     out = project_root() / params["study"]["out"]
-    runs = [r for r in plan(params) if (out / "runs" / r["name"] / "metrics.json").is_file()]
+    bounds = [{"name": b, "model": b} for b in BOUNDS if (out / "runs" / b / "metrics.json").is_file()]
+    runs = bounds + [
+        {**r, "model": f"{r['animator']}-{r['loss']}"}
+        for r in plan(params)
+        if (out / "runs" / r["name"] / "metrics.json").is_file()
+    ]
     results = {r["name"]: json.loads((out / "runs" / r["name"] / "metrics.json").read_text()) for r in runs}
     table = error_counts(
         pd.concat([pd.read_csv(out / "runs" / r["name"] / "per_utterance.csv", keep_default_na=False) for r in runs])
     )
     models = {}
     for r in runs:
-        models.setdefault(f"{r['animator']}-{r['loss']}", []).append(results[r["name"]])
+        models.setdefault(r["model"], []).append(results[r["name"]])
     summary = {}
     for model, per_seed in models.items():
         numbers = pd.DataFrame([{k: v for k, v in m.items() if isinstance(v, (int, float))} for m in per_seed])
+        numbers = numbers.drop(columns=[c for c in ("train_s", "run_s") if c in numbers])
         summary[model] = {**numbers.mean().to_dict(), "n_seeds": len(per_seed)}
     paired = paired_differences(table, control=CONTROL)
     (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -170,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r["name"].startswith(tuple(prefixes))]
     if not args.summary_only:
         inputs, scorer = input_hashes(root), None
+        if not all(done(root / params["study"]["out"] / "runs" / b, {"inputs": inputs}) for b in BOUNDS[:2]):
+            scorer = TestScorer(params, progress=False)
+            score_bounds(params, scorer, inputs)
         for k, run in enumerate(runs):
             key = run_key(params, run, inputs)
             run_dir = root / params["study"]["out"] / "runs" / run["name"]
