@@ -74,6 +74,18 @@ def test_overall_figures_are_the_metrics_and_pool_from_the_rows():
     assert pooled(group)["LVE"] == pytest.approx(lve([pred[0], pred[2]], [true[0], true[2]], TOPOLOGY.lip_ids))
 
 
+def test_a_second_judge_is_scored_and_pooled_like_the_first():
+    pred, true, templates = run()
+    hyps2 = ["bin blue at two now", "place red by v six fast", "set with b four"]
+    overall, rows = score(pred, true, templates, TOPOLOGY, REFS, HYPS, ["u0", "u1", "u2"], hyps2=hyps2)
+    assert (overall["CER"], overall["CER_judge2"]) == (cer(REFS, HYPS), cer(REFS, hyps2))
+    assert (overall["WER_judge2"], overall["VER_judge2"]) == (wer(REFS, hyps2), ver(REFS, hyps2))
+    assert rows["judge2"].tolist() == hyps2
+    again = pooled(error_counts(rows))
+    for m in ("CER", "WER", "VER", "CER_judge2", "WER_judge2", "VER_judge2"):
+        assert again[m] == overall[m], m
+
+
 def test_per_utterance_csv_is_written_as_the_evaluate_stage_wrote_it_before():
     """The rows the evaluate stage built by hand (one dict per utterance) and score's rows give the same file."""
     pred, true, templates = run(2)

@@ -4,7 +4,9 @@ Geometry: LVE, MVE, FDD; lip articulation from the corpus' phoneme timings (avgu
 inner-lip aperture RMSE, MTM, the closure rate of p/b/m). Bounds: the ground truth, the static template and, on the
 synthetic corpus, the oracle (the rig driven by the true phonemes with the mean style: avguide.oracle).
 Readability: the visual-only judge (trained on the 2D corpus only, never a loss) reads mouth renders of each
-prediction, decoding with the settings saved with it; CER, WER and VER (viseme error rate) of its transcripts. All
+prediction, decoding with the settings saved with it; CER, WER and VER (viseme error rate) of its transcripts; a
+second judge (pretrain_expert.judge2: another seed and shape), when there is one, gives CER_judge2, WER_judge2 and
+VER_judge2. All
 scored by avguide.scoring.score. Runs with several seeds are reported as their mean with a standard deviation.
 
 Writes `eval.out`/: metrics.json ({model: {LVE, MVE, FDD, CER, WER, VER, ...}}), per_utterance.csv (one row per
@@ -29,8 +31,8 @@ from avguide.models.registry import ANIMATORS
 from avguide.oracle import oracle_sequences
 from avguide.params import project_root
 from avguide.render.mouth import MouthView
-from avguide.scoring import LIP_METRICS, METRICS, score
-from avguide.training.expert import transcribe_dataset
+from avguide.scoring import JUDGE2_METRICS, LIP_METRICS, METRICS, score
+from avguide.training.expert import judges, transcribe_dataset
 from avguide.training.guide import render_items, run_name
 from avguide.training.run import predict_split
 
@@ -54,10 +56,12 @@ def trained_models(params: dict) -> dict[str, list[tuple[int, Path]]]:
     return models
 
 
-def read_renders(judge: Expert, corpus: Corpus, view: MouthView, sequences, progress: bool):
-    """(references, the judge's transcripts) of mouth renders of one sequence per test utterance, decoded with
-    the settings saved with the judge."""
-    return transcribe_dataset(judge, render_items(corpus, "test", view, sequences, progress=progress))
+def read_renders(readers: list[Expert], corpus: Corpus, view: MouthView, sequences, progress: bool):
+    """(references, one list of transcripts per reader) of mouth renders of one sequence per test utterance,
+    rendered once, each reader decoding with the settings saved with it."""
+    items = render_items(corpus, "test", view, sequences, progress=progress)
+    reads = [transcribe_dataset(reader, items) for reader in readers]
+    return reads[0][0], [hyps for _, hyps in reads]
 
 
 class TestScorer:
@@ -69,7 +73,8 @@ class TestScorer:
         self.params, self.progress = params, progress
         self.corpus = Corpus(root / params["prepare"]["out"])
         self.test = TalkingFaceDataset(self.corpus, "test", cache=True)
-        self.judge = load_expert(root / params["pretrain_expert"]["out"] / "judge", map_location="cpu")
+        readers = root / params["pretrain_expert"]["out"]
+        self.judges = [load_expert(readers / name, map_location="cpu") for name in judges(params["pretrain_expert"])]
         self.view = MouthView(self.corpus.topology)
         items = [self.test[i] for i in range(len(self.test))]
         self.true = [item["vertices"].numpy() for item in items]
@@ -95,7 +100,7 @@ class TestScorer:
 
     def __call__(self, pred: list[np.ndarray]) -> tuple[dict, pd.DataFrame]:
         """Overall figures (METRICS and the LIP_METRICS the corpus allows) and one row per utterance."""
-        refs, hyps = read_renders(self.judge, self.corpus, self.view, pred, self.progress)
+        refs, (hyps, *second) = read_renders(self.judges, self.corpus, self.view, pred, self.progress)
         rows = self.test.rows
         overall, per_utt = score(
             pred,
@@ -108,8 +113,9 @@ class TestScorer:
             rows["subject"].tolist(),
             phonemes=self.phonemes,
             fps=self.fps,
+            hyps2=second[0] if second else None,
         )
-        return {m: overall[m] for m in (*METRICS, *LIP_METRICS) if m in overall}, per_utt
+        return {m: overall[m] for m in (*METRICS, *LIP_METRICS, *JUDGE2_METRICS) if m in overall}, per_utt
 
 
 def evaluate(params: dict, progress: bool = True) -> dict:

@@ -12,7 +12,7 @@ def require(params: dict, need: str, progress: bool = False) -> None:
     from avguide.data.prepare import prepare, prepare_2d
     from avguide.training.audio import pretrain_audio
     from avguide.training.critic import pretrain_critic
-    from avguide.training.expert import pretrain_expert
+    from avguide.training.expert import judges, pretrain_expert
     from avguide.training.guide import finetune_expert, guide_animator, run_name
     from avguide.training.run import train_animator
 
@@ -29,7 +29,8 @@ def require(params: dict, need: str, progress: bool = False) -> None:
             require(params, "corpus_2d", progress)
             pretrain_audio(params, progress)
     elif kind == "expert":
-        if not (root / params["pretrain_expert"]["out"] / "judge" / "config.json").exists():
+        readers = root / params["pretrain_expert"]["out"]
+        if not all((readers / name / "config.json").exists() for name in judges(params["pretrain_expert"])):
             require(params, "corpus", progress)
             require(params, "corpus_2d", progress)
             pretrain_expert(params, progress)

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 METRICS = ("LVE", "MVE", "FDD", "CER", "WER", "VER")
 GEOMETRY = METRICS[:3]
 LIP_METRICS = ("lip_mve_mm", "aperture_rmse_mm", "MTM_ms", "closure_rate")
+JUDGE2_METRICS = ("CER_judge2", "WER_judge2", "VER_judge2")  # the second judge's, when it reads the renders too
+JUDGES = {"judge": "", "judge2": "_judge2"}  # transcript column: suffix of its error columns and metrics
 ROOT_POOLED = ("aperture_rmse_mm",)  # pooled as the square root of pooled squares
 MAX_FRAME_GAP = 2
 # Vertices per frame of each dataset's mesh (None: whatever the corpus's templates have).
@@ -72,11 +74,13 @@ def score(
     subjects=None,
     phonemes: pd.DataFrame | None = None,
     fps: float | None = None,
+    hyps2=None,
 ) -> tuple[dict, pd.DataFrame]:
     """Overall figures and one row per utterance of predicted (T, V, 3) sequences against the true ones.
 
     Overall: LVE, MVE, FDD and static_template_LVE (the template held still), pooled over every frame of every
-    utterance; with the judge's transcripts `hyps` of the renders and the references `refs`, also CER, WER, VER.
+    utterance; with the judge's transcripts `hyps` of the renders and the references `refs`, also CER, WER, VER
+    (and with the second judge's, `hyps2`, CER_judge2, WER_judge2, VER_judge2; rows get its transcript, judge2).
     Rows: utterance and subject (when given), n_frames, LVE, MVE, FDD (of that utterance alone), and with
     transcripts CER, reference, judge. `pooled(error_counts(rows))` gives the overall figures back.
 
@@ -112,6 +116,10 @@ def score(
         overall.update(CER=cer(refs, hyps), WER=wer(refs, hyps), VER=ver(refs, hyps))
         for row, r, h in zip(rows, refs, hyps):
             row.update(CER=cer([r], [h]), reference=r, judge=h)
+    if hyps2 is not None:  # the second judge's transcripts of the same renders
+        overall.update(CER_judge2=cer(refs, hyps2), WER_judge2=wer(refs, hyps2), VER_judge2=ver(refs, hyps2))
+        for row, h in zip(rows, hyps2):
+            row["judge2"] = h
     table = pd.DataFrame(rows)
     for name, values in (("subject", subjects), ("utterance", utterances)):
         if values is not None:
@@ -165,14 +173,18 @@ def error_counts(rows: pd.DataFrame) -> pd.DataFrame:
     """`rows` (with reference and judge columns) plus character, word and viseme edits and reference lengths
     per row, so that any group of rows pools into corpus-level CER, WER and VER exactly as avguide.metrics does."""
     rows = rows.copy()
-    refs, hyps = rows["reference"].astype(str).tolist(), rows["judge"].astype(str).tolist()
-    visemes = to_visemes(refs + hyps)
-    rows["char_err"] = [edit_distance(r, h) for r, h in zip(refs, hyps)]
+    refs = rows["reference"].astype(str).tolist()
+    ref_visemes = to_visemes(refs)
     rows["chars"] = [len(r) for r in refs]
-    rows["word_err"] = [edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps)]
     rows["words"] = [len(r.split()) for r in refs]
-    rows["vis_err"] = [edit_distance(r, h) for r, h in zip(visemes[: len(refs)], visemes[len(refs) :])]
-    rows["visemes"] = [len(r) for r in visemes[: len(refs)]]
+    rows["visemes"] = [len(r) for r in ref_visemes]
+    for judge, suffix in JUDGES.items():
+        if judge not in rows:
+            continue
+        hyps = rows[judge].astype(str).tolist()
+        rows[f"char_err{suffix}"] = [edit_distance(r, h) for r, h in zip(refs, hyps)]
+        rows[f"word_err{suffix}"] = [edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps)]
+        rows[f"vis_err{suffix}"] = [edit_distance(r, h) for r, h in zip(ref_visemes, to_visemes(hyps))]
     return rows
 
 
@@ -202,12 +214,15 @@ def pooling_parts(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
         parts["MTM_ms"] = (np.where(has, value, 0.0), has.astype(float))
     if "closures" in rows:
         parts["closure_rate"] = (column("closures"), column("bilabials"))
-    if "char_err" in rows:
-        parts.update(
-            CER=(rows["char_err"].to_numpy(), rows["chars"].to_numpy()),
-            WER=(rows["word_err"].to_numpy(), rows["words"].to_numpy()),
-            VER=(rows["vis_err"].to_numpy(), rows["visemes"].to_numpy()),
-        )
+    for suffix in JUDGES.values():
+        if f"char_err{suffix}" in rows:
+            parts.update(
+                {
+                    f"CER{suffix}": (rows[f"char_err{suffix}"].to_numpy(), rows["chars"].to_numpy()),
+                    f"WER{suffix}": (rows[f"word_err{suffix}"].to_numpy(), rows["words"].to_numpy()),
+                    f"VER{suffix}": (rows[f"vis_err{suffix}"].to_numpy(), rows["visemes"].to_numpy()),
+                }
+            )
     return parts
 
 

@@ -39,6 +39,7 @@ from avguide.training.guide import guide_animator
 
 CONTROL = "mse+rlv"
 BOUNDS = ("ground_truth", "static_template", "oracle")
+PAIRED = ("LVE", "lip_mve_mm", "CER", "CER_judge2", "VER", "closure_rate", "MTM_ms", "aperture_rmse_mm")
 INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
 
 
@@ -156,7 +157,7 @@ def summarize(params: dict) -> dict:
         numbers = pd.DataFrame([{k: v for k, v in m.items() if isinstance(v, (int, float))} for m in per_seed])
         numbers = numbers.drop(columns=[c for c in ("train_s", "run_s") if c in numbers])
         summary[model] = {**numbers.mean().to_dict(), "n_seeds": len(per_seed)}
-    paired = paired_differences(table, control=CONTROL)
+    paired = paired_differences(table, control=CONTROL, metrics=PAIRED)
     (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "paired.json").write_text(
         json.dumps(

@@ -176,13 +176,14 @@ STUDY_COLUMNS = {  # column: (header, factor, format)
     "LVE": ("LVE (mm²)", 1e6, ".2f"),
     "lip_mve_mm": ("lip MVE (mm)", 1, ".2f"),
     "CER": ("judge CER (%)", 100, ".1f"),
+    "CER_judge2": ("judge 2 CER (%)", 100, ".1f"),
     "VER": ("VER (%)", 100, ".1f"),
     "closure_rate": ("p/b/m closed (%)", 100, ".0f"),
     "MTM_ms": ("MTM (ms)", 1, ".0f"),
     "weight": ("λ", 1, ".2g"),
     "n_seeds": ("seeds", 1, "d"),
 }
-STUDY_PAIRED = ("LVE", "CER", "closure_rate", "MTM_ms")
+STUDY_PAIRED = ("LVE", "CER", "CER_judge2", "closure_rate", "MTM_ms")
 
 
 def study_block(summary: dict, paired: pd.DataFrame, params: dict) -> str:

@@ -376,13 +376,19 @@ def reader_config(settings: dict, mode: str, fps: float) -> ExpertConfig:
     return ExpertConfig(mode=mode, fps=fps, ctc_weight=settings["ctc_weight"], **settings["model"])
 
 
-def _judge_settings(s: dict) -> dict:
-    j = s["judge"]
+def judges(settings: dict) -> list[str]:
+    """The visual-only judges of params' pretrain_expert: `judge`, and `judge2` when it is configured."""
+    return [name for name in ("judge", "judge2") if name in settings]
+
+
+def _judge_settings(s: dict, name: str = "judge") -> dict:
+    j = s[name]
     return {**s, "model": j["model"], "augment": {**s["augment"], **j.get("augment", {})}}
 
 
 def _fit_judge(params: dict, progress: bool, clips: dict | None = None) -> float:
-    """Train the judge (in this process, or in a spawned one: then it decodes its own copy of the corpus)."""
+    """Train the judges one after the other (in this process, or in a spawned one: then it decodes its own copy
+    of the corpus); each into pretrain_expert.out/<name>."""
     import time
 
     s = params["pretrain_expert"]
@@ -391,19 +397,20 @@ def _fit_judge(params: dict, progress: bool, clips: dict | None = None) -> float
     clips = clips if clips is not None else decode_corpus(corpus, progress=False)
     train, val = AVDataset(corpus, "train", clips), AVDataset(corpus, "val", clips)
     fps = float(corpus.manifest["fps"].iloc[0])
-    js = _judge_settings(s)
     start = time.perf_counter()
-    fit_reader(
-        "judge",
-        reader_config(js, "video", fps),
-        js,
-        train,
-        val,
-        project_root() / s["out"],
-        s["judge"]["seed"],
-        {**s["trainer"], **s["judge"].get("trainer", {})},
-        progress,
-    )
+    for name in judges(s):
+        js = _judge_settings(s, name)
+        fit_reader(
+            name,
+            reader_config(js, "video", fps),
+            js,
+            train,
+            val,
+            project_root() / s["out"],
+            s[name]["seed"],
+            {**s["trainer"], **s[name].get("trainer", {})},
+            progress,
+        )
     return time.perf_counter() - start
 
 
@@ -475,6 +482,9 @@ def pretrain_expert(params: dict, progress: bool = True) -> dict:
 
     start = time.perf_counter()
     metrics, examples = evaluate_readers(expert, judge, test, s)
+    if "judge2" in s:
+        refs, hyps = transcribe_dataset(load_expert(out / "judge2", map_location=str(expert.device)), test)
+        metrics["video_only_judge2_cer"], metrics["video_only_judge2_wer"] = cer(refs, hyps), wer(refs, hyps)
     if s["eval"]["judge_3d"]:
         corpus3d = Corpus(root / params["prepare"]["out"])
         kw = dict(beam_size=s["beam_size"], ctc_weight=s["decode_ctc_weight"])

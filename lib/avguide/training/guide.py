@@ -56,7 +56,7 @@ def render_items(
             audio, vertices = corpus.load(row.utterance)
         else:  # predictions: only the audio is read
             audio, vertices = corpus.audio(row.utterance), sequences[i]
-        frames = view.clip(torch.as_tensor(np.asarray(vertices, np.float32)), corpus.templates[row.subject])
+        frames = view.clip(torch.from_numpy(np.array(vertices, np.float32)), corpus.templates[row.subject])
         items.append(
             {
                 "utterance": row.utterance,
