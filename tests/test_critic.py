@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -154,3 +155,20 @@ def test_bad_inputs_name_the_sizes(corpus, batch):
         model.embed_audio(batch["audio"][:1], batch["audio_lengths"], batch["n_frames"])
     with pytest.raises(ValueError, match="temperature"):
         CriticConfig(n_lip_vertices=4, temperature=0.0)
+
+
+def test_the_frozen_critic_term_tells_true_lips_from_still_and_late_ones(corpus, trained):
+    """avguide.training.guide.informativeness with the critic term: the ground truth scores best, a still face and
+    lips 4 frames late worse, by more than the spread of the term's draws (none: the critic has no randomness)."""
+    from avguide.losses import CriticTerm
+    from avguide.training.guide import informativeness
+
+    term = CriticTerm(load_critic(trained[0] / "model"), corpus.topology.lip_ids)
+    rows = corpus.split("train")
+    truth = [corpus.vertices(u) for u in rows["utterance"]]
+    still = [np.broadcast_to(corpus.templates[s], v.shape) for s, v in zip(rows["subject"], truth)]
+    late = [np.concatenate([v[:1].repeat(4, 0), v[:-4]]) for v in truth]
+    values = informativeness(term, corpus, {"truth": truth, "still": still, "late": late}, split="train", draws=2)
+    mean = values.groupby("variant")["value"].mean()
+    assert values.groupby("variant")["value"].std().max() == 0.0
+    assert mean["truth"] + 0.5 < min(mean["still"], mean["late"]), mean.to_dict()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from avguide.models.expert import lengths_to_mask, resample_frames
+from avguide.models.expert import lengths_to_mask, log_mel, resample_frames
 
 AUDIO_STEPS = 4  # log-mel steps stacked per video frame (100 Hz mel onto 25 fps: no step is dropped)
 
@@ -125,14 +125,8 @@ class SyncCritic(nn.Module):
         resampled onto AUDIO_STEPS steps per video frame of the item, stacked, and encoded like the lips."""
         self._check(None, audio, audio_lengths, n_frames)
         audio_lengths, n_frames = audio_lengths.to(audio.device), n_frames.to(audio.device)
-        pad = self.n_fft // 2
-        audio = audio * lengths_to_mask(audio_lengths, audio.shape[1])
-        x = torch.log(self.mel(F.pad(audio, (pad, pad))) + 1e-6)  # (B, n_mels, steps)
-        n = audio_lengths // self.hop + 1
-        m = lengths_to_mask(n, x.shape[-1])[:, None]
-        mean = (x * m).sum(-1, keepdim=True) / n[:, None, None]
-        std = (((x - mean) * m) ** 2).sum(-1, keepdim=True).div(n[:, None, None]).add(1e-5).sqrt()
-        x = resample_frames(((x - mean) / std * m).transpose(1, 2), n, n_frames * AUDIO_STEPS)
+        x, n = log_mel(self.mel, audio, audio_lengths, self.hop, self.n_fft)  # (B, n_mels, steps)
+        x = resample_frames(x.transpose(1, 2), n, n_frames * AUDIO_STEPS)
         x = x.reshape(x.shape[0], -1, AUDIO_STEPS * self.cfg.n_mels)  # (B, T, steps·n_mels)
         return self.audio(x, n_frames)
 

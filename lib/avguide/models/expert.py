@@ -193,19 +193,26 @@ class AudioFrontEnd(nn.Module):
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, max n_out, d_model); item b is resampled onto n_out[b] frames."""
-        pad = self.n_fft // 2
-        audio = audio * lengths_to_mask(lengths, audio.shape[1])
-        x = torch.log(self.mel(F.pad(audio, (pad, pad))) + 1e-6)  # (B, n_mels, frames)
-        n = lengths // self.hop + 1
-        m = lengths_to_mask(n, x.shape[-1])[:, None]
-        mean = (x * m).sum(-1, keepdim=True) / n[:, None, None]
-        std = (((x - mean) * m) ** 2).sum(-1, keepdim=True).div(n[:, None, None]).add(1e-5).sqrt()
-        x = (x - mean) / std * m
+        x, n = log_mel(self.mel, audio, lengths, self.hop, self.n_fft)
         for conv in (self.conv1, self.conv2):
             x = F.gelu(conv(x))
             n = (n - 1) // 2 + 1
             x = x * lengths_to_mask(n, x.shape[-1])[:, None]
         return self.proj(resample_frames(x.transpose(1, 2), n, n_out))
+
+
+def log_mel(mel: nn.Module, audio: torch.Tensor, lengths: torch.Tensor, hop: int, n_fft: int):
+    """(B, n_mels, steps) log-mel of (B, S) waveforms of `lengths` samples (`mel`: a MelSpectrogram with
+    center=False; the waveform padded by n_fft/2 on each side), normalised to zero mean and unit variance over each
+    item's valid steps and zero beyond them; and those step counts (B,)."""
+    pad = n_fft // 2
+    audio = audio * lengths_to_mask(lengths, audio.shape[1])
+    x = torch.log(mel(F.pad(audio, (pad, pad))) + 1e-6)
+    n = lengths // hop + 1
+    m = lengths_to_mask(n, x.shape[-1])[:, None]
+    mean = (x * m).sum(-1, keepdim=True) / n[:, None, None]
+    std = (((x - mean) * m) ** 2).sum(-1, keepdim=True).div(n[:, None, None]).add(1e-5).sqrt()
+    return (x - mean) / std * m, n
 
 
 def resample_frames(x: torch.Tensor, n_in: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:

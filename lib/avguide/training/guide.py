@@ -224,7 +224,7 @@ def informativeness(term, corpus: Corpus, variants: dict[str, list[np.ndarray]],
                 batch = collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
                 pred = torch.zeros_like(batch["vertices"])
                 for b, k in enumerate(range(start, start + len(pred))):
-                    pred[b, : len(sequences[k])] = torch.as_tensor(np.asarray(sequences[k], np.float32))
+                    pred[b, : len(sequences[k])] = torch.from_numpy(np.array(sequences[k], np.float32))
                 values.append(float(term(pred, batch)["value"]) * len(pred))
             rows.append({"variant": name, "draw": draw, "value": sum(values) / len(dataset)})
     return pd.DataFrame(rows)
