@@ -167,7 +167,7 @@ def summarize(params: dict) -> dict:
         + "\n"
     )
     plot_pareto(summary).savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
-    plot_diagnostics({name: res["diagnostics"] for name, res in results.items()}).savefig(
+    plot_diagnostics({name: res.get("diagnostics", {}) for name, res in results.items()}).savefig(
         out / "diagnostics.png", dpi=120, bbox_inches="tight"
     )
     update_readme(project_root() / "README.md", study_block(summary, paired, params), "study")

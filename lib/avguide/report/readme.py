@@ -183,7 +183,13 @@ STUDY_COLUMNS = {  # column: (header, factor, format)
     "weight": ("λ", 1, ".2g"),
     "n_seeds": ("seeds", 1, "d"),
 }
-STUDY_PAIRED = ("LVE", "CER", "CER_judge2", "closure_rate", "MTM_ms")
+STUDY_PAIRED = {  # metric: its paired-difference column (avguide.report.stats: relative, points or ms)
+    "LVE": "LVE (%)",
+    "CER": "judge CER (points)",
+    "CER_judge2": "judge 2 CER (points)",
+    "closure_rate": "p/b/m closed (points)",
+    "MTM_ms": "MTM (ms)",
+}
 
 
 def study_block(summary: dict, paired: pd.DataFrame, params: dict) -> str:
@@ -220,7 +226,7 @@ def study_block(summary: dict, paired: pd.DataFrame, params: dict) -> str:
         ]
         shown = [m for m in STUDY_PAIRED if m in set(paired["metric"])]
         lines += [
-            "| guided | " + " | ".join(STUDY_COLUMNS[m][0] for m in shown) + " |",
+            "| guided | " + " | ".join(STUDY_PAIRED[m] for m in shown) + " |",
             "| --- " * (len(shown) + 1) + "|",
         ]
         for model, group in paired.groupby("model", sort=False):
