@@ -178,3 +178,30 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
     base = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
     tuned = load_checkpoint(*ANIMATORS["faceformer"], run / "model")
     assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight)
+
+
+@pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
+def test_guidance_from_the_start_trains_as_the_train_stage(tiny_corpus, tmp_path, animator):
+    """A `from_start` setting trains the animator from its initialisation on train's schedule (CodeTalker's
+    VQ-VAE first, without the term): with the vertex loss alone and the train stage's seed it gives the baseline's
+    weights exactly, not the baseline fine-tuned."""
+    from avguide.models.checkpoint import load_checkpoint
+    from avguide.models.registry import ANIMATORS
+    from avguide.training.guide import guide_animator
+    from avguide.training.run import train_animator
+
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    train_animator(params, animator, progress=False)
+    params["guide"] = {
+        "epochs": 1,
+        "lr": 1e-3,
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
+        "weights": {"mse-start": {"mse": 1.0, "from_start": True}, "mse": {"mse": 1.0}},
+    }
+    base = load_checkpoint(*ANIMATORS[animator], tmp_path / "models" / animator / "model").state_dict()
+    for loss, same in (("mse-start", True), ("mse", False)):
+        guide_animator(params, animator, loss, seed=params["seed"], progress=False)
+        run = tmp_path / "models" / f"{animator}-{loss}-seed{params['seed']}" / "model"
+        tuned = load_checkpoint(*ANIMATORS[animator], run).state_dict()
+        assert all(torch.equal(base[k], tuned[k]) for k in base) == same, loss

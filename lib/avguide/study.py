@@ -78,7 +78,7 @@ def input_hashes(root: Path) -> dict:
 
 def run_key(params: dict, run: dict, inputs: dict) -> dict:
     g = params["guide"]
-    return {
+    key = {
         "setting": run["setting"],
         "epochs": g["epochs"],
         "lr": g["lr"],
@@ -87,6 +87,10 @@ def run_key(params: dict, run: dict, inputs: dict) -> dict:
         "render_size": g["render_size"],
         "inputs": inputs,
     }
+    if run["setting"].get("from_start"):  # trained on train's schedule, not guide's
+        t = params["train"]
+        key["train"] = {"lr": t["lr"], "max_epochs": t["trainer"]["max_epochs"], run["animator"]: t[run["animator"]]}
+    return key
 
 
 def diagnostics(live: Path) -> dict:
