@@ -205,3 +205,27 @@ def test_guidance_from_the_start_trains_as_the_train_stage(tiny_corpus, tmp_path
         run = tmp_path / "models" / f"{animator}-{loss}-seed{params['seed']}" / "model"
         tuned = load_checkpoint(*ANIMATORS[animator], run).state_dict()
         assert all(torch.equal(base[k], tuned[k]) for k in base) == same, loss
+
+
+@pytest.mark.slow
+def test_training_is_exact_on_one_processor_and_close_across_processors(tmp_path):
+    """The same seed trains the same weights byte for byte on one machine. Across processors it cannot: MKL's
+    matrix products and vector maths, oneDNN's convolutions and torch's vector kernels each take a code path per
+    processor, rounding differently (the corpora pin MKL; training would pay for it in every product). Emulating
+    an AVX2-only processor and MKL's compatible path here, five Adam steps (lr 1e-3, so a weight moves by up to
+    5e-3) leave every weight within 1e-4 of this processor's (3.2e-5 measured)."""
+    probe = Path(__file__).parent / "train_probe.py"
+    settings = {
+        "here": {},
+        "again": {},
+        "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        "mkl_compatible": {"MKL_CBWR": "COMPATIBLE"},
+    }
+    weights = {}
+    for name, env in settings.items():
+        subprocess.run([sys.executable, str(probe), str(tmp_path / name)], env={**os.environ, **env}, check=True)
+        weights[name] = load_file(tmp_path / name)
+    here = weights.pop("here")
+    assert all(torch.equal(here[k], weights["again"][k]) for k in here)
+    for name in ("avx2", "mkl_compatible"):
+        assert max((here[k] - weights[name][k]).abs().max().item() for k in here) < 1e-4, name
