@@ -4,9 +4,10 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from avguide.params import load_params
-from avguide.study import CONTROL, diagnostics, done, plan
+from avguide.study import CONTROL, GUIDE_KEYS, diagnostics, done, pipeline_run, plan
 
 
 def test_the_plan_runs_every_setting_and_seed_controls_first_and_the_sweep():
@@ -47,3 +48,37 @@ def test_diagnostics_are_the_means_of_the_logged_curves(tmp_path):
     for name, values in (("cos_term", [0.1, 0.3]), ("ratio_term", [0.5, 0.5]), ("loss", [9.0, 9.0])):
         pd.DataFrame({"step": [0, 10], name: values}).to_csv(curves / f"{name}.tsv", sep="\t", index=False)
     assert diagnostics(tmp_path) == pytest.approx({"cos_term": 0.2, "ratio_term": 0.5})
+
+
+def test_a_run_the_guide_stage_trained_is_taken_only_when_the_lock_matches(tmp_path, monkeypatch):
+    params = load_params()
+    run = next(r for r in plan(params) if r["loss"] == "critic")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / params["train"]["out"] / run["name"]
+    (folder / "model").mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    recorded = {
+        "guide.weights": {run["loss"]: run["setting"]},
+        **{f"guide.{k}": params["guide"][k] for k in GUIDE_KEYS},
+        "train.trainer": params["train"]["trainer"],
+        "train.batch_size": params["train"]["batch_size"],
+    }
+    baseline = f"{params['train']['out']}/{run['animator']}/model"
+
+    def lock(recorded, md5):
+        stage = {"params": {"params.yaml": recorded}, "deps": [{"path": baseline, "md5": md5}]}
+        name = f"guide@{run['animator']}-{run['loss']}-{run['seed']}"
+        (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {name: stage}}))
+
+    inputs = {baseline: "abc.dir"}
+    lock(recorded, "abc.dir")
+    assert pipeline_run(params, run, inputs) == folder
+    lock(recorded, "old.dir")  # trained from another baseline
+    assert pipeline_run(params, run, inputs) is None
+    lock({**recorded, "guide.lr": 1.0}, "abc.dir")
+    assert pipeline_run(params, run, inputs) is None
+    lock({**recorded, "guide.weights": {run["loss"]: {**run["setting"], "grad_ratio": 2.0}}}, "abc.dir")
+    assert pipeline_run(params, run, inputs) is None
+    lock(recorded, "abc.dir")
+    assert pipeline_run(params, {**run, "seed": run["seed"] + 1}, inputs) is None  # no such stage

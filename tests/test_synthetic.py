@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from corpus_hashes import SMALL_3D, committed, file_hashes
 
 from avguide.data.corpus import Corpus
 from avguide.data.speech import Voice, phoneme_inventory, synthesize
@@ -13,7 +14,7 @@ from avguide.face.rig import PARAMETERS, Rig
 from avguide.face.template import PARTS, build_face, lip_opening
 from avguide.face.visemes import VisemeError, articulate, load_table, viseme_keys
 
-SMALL = dict(subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=6)
+SMALL = dict(subjects={"train": 2, "val": 1, "test": 1}, sentences_per_subject=6)  # corpus_hashes.SMALL_3D, seed 7
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,12 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_committed_bytes(corpus):
+    """The corpus built here is byte for byte the one whose hashes are committed (tests/corpus_hashes.py)."""
+    assert SyntheticConfig(seed=7, **SMALL) == SMALL_3D
+    assert file_hashes(corpus.root) == committed("synth3d")
+
+
 def test_same_seed_same_bytes_other_seed_other_data(corpus, tmp_path, digest):
     again = build_corpus(tmp_path / "again", SyntheticConfig(seed=7, **SMALL), progress=False, workers=1)
     assert digest(again) == digest(corpus.root)

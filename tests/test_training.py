@@ -178,3 +178,54 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
     base = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
     tuned = load_checkpoint(*ANIMATORS["faceformer"], run / "model")
     assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight)
+
+
+@pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
+def test_guidance_from_the_start_trains_as_the_train_stage(tiny_corpus, tmp_path, animator):
+    """A `from_start` setting trains the animator from its initialisation on train's schedule (CodeTalker's
+    VQ-VAE first, without the term): with the vertex loss alone and the train stage's seed it gives the baseline's
+    weights exactly, not the baseline fine-tuned."""
+    from avguide.models.checkpoint import load_checkpoint
+    from avguide.models.registry import ANIMATORS
+    from avguide.training.guide import guide_animator
+    from avguide.training.run import train_animator
+
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    train_animator(params, animator, progress=False)
+    params["guide"] = {
+        "epochs": 1,
+        "lr": 1e-3,
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
+        "weights": {"mse-start": {"mse": 1.0, "from_start": True}, "mse": {"mse": 1.0}},
+    }
+    base = load_checkpoint(*ANIMATORS[animator], tmp_path / "models" / animator / "model").state_dict()
+    for loss, same in (("mse-start", True), ("mse", False)):
+        guide_animator(params, animator, loss, seed=params["seed"], progress=False)
+        run = tmp_path / "models" / f"{animator}-{loss}-seed{params['seed']}" / "model"
+        tuned = load_checkpoint(*ANIMATORS[animator], run).state_dict()
+        assert all(torch.equal(base[k], tuned[k]) for k in base) == same, loss
+
+
+@pytest.mark.slow
+def test_training_is_exact_on_one_processor_and_close_across_processors(tmp_path):
+    """The same seed trains the same weights byte for byte on one machine. Across processors it cannot: MKL's
+    matrix products and vector maths, oneDNN's convolutions and torch's vector kernels each take a code path per
+    processor, rounding differently (the corpora pin MKL; training would pay for it in every product). Emulating
+    an AVX2-only processor and MKL's compatible path here, five Adam steps (lr 1e-3, so a weight moves by up to
+    5e-3) leave every weight within 1e-4 of this processor's (3.2e-5 measured)."""
+    probe = Path(__file__).parent / "train_probe.py"
+    settings = {
+        "here": {},
+        "again": {},
+        "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        "mkl_compatible": {"MKL_CBWR": "COMPATIBLE"},
+    }
+    weights = {}
+    for name, env in settings.items():
+        subprocess.run([sys.executable, str(probe), str(tmp_path / name)], env={**os.environ, **env}, check=True)
+        weights[name] = load_file(tmp_path / name)
+    here = weights.pop("here")
+    assert all(torch.equal(here[k], weights["again"][k]) for k in here)
+    for name in ("avx2", "mkl_compatible"):
+        assert max((here[k] - weights[name][k]).abs().max().item() for k in here) < 1e-4, name

@@ -56,6 +56,8 @@ class LossSetting:
     detach: bool = False  # reader: renders cut from the vertices (the animator gets no gradient from the term)
     blur_px: float = 0.0  # reader, feature: Gaussian blur (sigma, pixels of the reader's frames) before reading
     basis: int = 0  # dL_term/dv projected onto this many principal motions of the training offsets (0: none)
+    from_start: bool = False  # guidance from the start: the animator trained from its initialisation on train's
+    # schedule with this loss (a multi-stage animator's earlier stages without the term), not the baseline fine-tuned
 
     def __post_init__(self):
         where = "guide.weights"

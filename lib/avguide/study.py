@@ -2,11 +2,13 @@
 
 Every run fine-tunes a trained baseline of the default pipeline (train.out/<animator>) with one loss setting of
 guide.weights and one seed, exactly as the guide stage does (avguide.training.guide.guide_animator), into
-study.out/models/<run>/ (not kept in git), and scores it as the evaluate stage does (avguide.evaluate.TestScorer)
-into study.out/runs/<run>/: metrics.json (the figures, the setting and its calibrated λ, the training time, the
-mean of each gradient diagnostic) and per_utterance.csv. A run whose metrics.json records the same setting, epochs,
-learning rates and inputs (the dvc.lock hashes of the baseline, the expert, the critic and the judge) is not run
-again, so the study resumes where it stopped; `--force` runs everything again.
+study.out/models/<run>/ (not kept in git); a run the guide stage has already trained (dvc.lock records it with
+the same setting, training settings and inputs) is taken from train.out instead of trained again. Each run is
+scored as the evaluate stage does (avguide.evaluate.TestScorer) into study.out/runs/<run>/: metrics.json (the
+figures, the setting and its calibrated λ, the training time, the mean of each gradient diagnostic) and
+per_utterance.csv. A run whose metrics.json records the same setting, epochs, learning rates and inputs (the
+dvc.lock hashes of the baseline, the expert, the critic and the judge) is not run again, so the study resumes
+where it stopped; `--force` runs everything again.
 
 Runs: study.runs[<animator>] × study.seeds, and for the Pareto figure every setting of study.sweep.settings at
 each of study.sweep.grad_ratios (FaceFormer, the first seed), named `<setting>@<ratio>`. Then the summary:
@@ -35,12 +37,13 @@ from avguide.report.figures import plot_diagnostics, plot_pareto
 from avguide.report.readme import study_block, update_readme
 from avguide.report.stats import paired_differences
 from avguide.scoring import error_counts
-from avguide.training.guide import guide_animator
+from avguide.training.guide import guide_animator, run_name
 
 CONTROL = "mse+rlv"
 BOUNDS = ("ground_truth", "static_template", "oracle")
 PAIRED = ("LVE", "lip_mve_mm", "CER", "CER_judge2", "VER", "closure_rate", "MTM_ms", "aperture_rmse_mm")
 INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
+GUIDE_KEYS = ("epochs", "lr", "expert_lr_joint", "calibration_batches", "render_size")  # a run's guide settings
 
 
 def plan(params: dict) -> list[dict]:
@@ -77,16 +80,11 @@ def input_hashes(root: Path) -> dict:
 
 
 def run_key(params: dict, run: dict, inputs: dict) -> dict:
-    g = params["guide"]
-    return {
-        "setting": run["setting"],
-        "epochs": g["epochs"],
-        "lr": g["lr"],
-        "expert_lr_joint": g["expert_lr_joint"],
-        "calibration_batches": g["calibration_batches"],
-        "render_size": g["render_size"],
-        "inputs": inputs,
-    }
+    key = {"setting": run["setting"], **{k: params["guide"][k] for k in GUIDE_KEYS}, "inputs": inputs}
+    if run["setting"].get("from_start"):  # trained on train's schedule, not guide's
+        t = params["train"]
+        key["train"] = {"lr": t["lr"], "max_epochs": t["trainer"]["max_epochs"], run["animator"]: t[run["animator"]]}
+    return key
 
 
 def diagnostics(live: Path) -> dict:
@@ -98,18 +96,46 @@ def diagnostics(live: Path) -> dict:
     return out
 
 
+def pipeline_run(params: dict, run: dict, inputs: dict) -> Path | None:
+    """The guide stage's folder of the same run (train.out/<animator>-<loss>-seed<seed>/), when dvc.lock records
+    it trained with the run's setting, the same training settings and the same inputs: the study scores it instead
+    of training it again."""
+    root = project_root()
+    stage = yaml.safe_load((root / "dvc.lock").read_text())["stages"].get(
+        f"guide@{run['animator']}-{run['loss']}-{run['seed']}"
+    )
+    if stage is None:
+        return None
+    recorded, g, t = stage["params"]["params.yaml"], params["guide"], params["train"]
+    same = (
+        recorded.get("guide.weights", {}).get(run["loss"]) == run["setting"]
+        and all(recorded.get(f"guide.{k}") == g[k] for k in GUIDE_KEYS)
+        and recorded.get("train.trainer") == t["trainer"]
+        and recorded.get("train.batch_size") == t["batch_size"]
+        and all(inputs.get(d["path"], d.get("md5")) == d.get("md5") for d in stage["deps"])
+    )
+    folder = root / t["out"] / run_name(run["animator"], run["loss"], run["seed"])
+    return folder if same and (folder / "model").is_dir() and (folder / "metrics.json").is_file() else None
+
+
 def run_one(params: dict, run: dict, key: dict, scorer, progress: bool = False) -> dict:
     out = project_root() / params["study"]["out"]
-    model_dir, run_dir = out / "models" / run["name"], out / "runs" / run["name"]
-    p = {**params, "guide": {**params["guide"], "weights": {run["loss"]: run["setting"]}}}
+    run_dir = out / "runs" / run["name"]
     start = time.perf_counter()
-    trained = guide_animator(p, run["animator"], run["loss"], run["seed"], progress, out=model_dir)
+    model_dir = pipeline_run(params, run, key["inputs"])
+    if model_dir is not None:
+        trained = json.loads((model_dir / "metrics.json").read_text())
+    else:
+        model_dir = out / "models" / run["name"]
+        p = {**params, "guide": {**params["guide"], "weights": {run["loss"]: run["setting"]}}}
+        trained = guide_animator(p, run["animator"], run["loss"], run["seed"], progress, out=model_dir)
     figures, rows = scorer(scorer.predict(run["animator"], model_dir / "model"))
     result = {
         **figures,
         "weight": trained["weight"],
         "train_s": trained["train_s"],
         "run_s": round(time.perf_counter() - start, 1),
+        "trained_by": "guide stage" if model_dir.parent != out / "models" else "study",
         "diagnostics": diagnostics(model_dir / "dvclive"),
         "key": key,
     }

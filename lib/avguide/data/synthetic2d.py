@@ -4,7 +4,8 @@ Many more identities than the 3D corpus, each with its own voice, face, speaking
 (skin and lip albedo, light direction), every utterance rendered as a grey mouth-crop video with
 variation the 3D renders do not have (small head-pose jitter, blur, sensor noise). Written in the
 auto-AVSR preprocessed-LRS3 convention read by `avguide.data.avcorpus.AVCorpus`. Deterministic from the
-seed: each identity is made in a fresh process (see avguide.data.synthetic.build_corpus).
+seed: each identity is made in a fresh process (see avguide.data.synthetic.build_corpus), with MKL's code path
+pinned (`MKL_PATH`), so the bytes do not depend on the processor.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +43,11 @@ from avguide.render.video import write_videos
 
 RENDER_CHUNK = 8  # frames per renderer call
 GROUP = 5  # identities made in one process: amortises start-up; fixed, so the corpus does not depend on workers
+# torch's exp, sqrt, log, tanh and erf on the CPU are MKL's vector maths, whose code path MKL picks by processor
+# (vendor and instruction set), each rounding some results differently: a few pixels, and so a few videos, came
+# out differently on different processors. The workers run MKL's one path for every processor (its conditional
+# numerical reproducibility); see docs/decisions.md.
+MKL_PATH = {"MKL_CBWR": "COMPATIBLE"}
 
 
 @dataclass
@@ -207,6 +214,21 @@ def _write_group(out: Path, cfg: Synthetic2DConfig, identities: range) -> list[d
     return [row for k in identities for row in _write_identity(out, cfg, k)]
 
 
+@contextmanager
+def _environment(values: dict):
+    """`values` in os.environ inside the block (processes started there inherit them), restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_av_corpus(
     out_dir: str | Path, cfg: Synthetic2DConfig, progress: bool = True, workers: int | None = None
 ) -> Path:
@@ -217,7 +239,8 @@ def build_av_corpus(
     groups = [range(k, min(k + GROUP, n)) for k in range(0, n, GROUP)]
     workers = workers or min(len(groups), os.cpu_count() or 1, 2)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+    # MKL reads MKL_PATH when a worker starts, and the pool starts workers until it closes
+    with _environment(MKL_PATH), ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
         jobs = [pool.submit(_write_group, out, cfg, g) for g in groups]
         for _ in tqdm(
             as_completed(jobs), total=len(jobs), desc=f"synth2d groups of {GROUP} identities", disable=not progress

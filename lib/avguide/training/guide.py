@@ -40,7 +40,7 @@ from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, make_trainer
 from avguide.training.critic import load_critic
 from avguide.training.expert import ExpertModule, mask_audio, transcribe_dataset
-from avguide.training.run import fit, predict_split
+from avguide.training.run import build_animator, fit, predict_split, stage_settings
 
 
 @torch.no_grad()
@@ -167,8 +167,9 @@ def guide_animator(
     params: dict, animator: str, loss: str, seed: int, progress: bool = True, out: Path | None = None
 ) -> dict:
     """Stage 2: fine-tune the baseline `animator` (train.out/<animator>) with loss setting `loss` (guide.weights)
-    and `seed`; write `out` (default train.out/<animator>-<loss>-seed<seed>/): model/, dvclive/, metrics.json (LVE,
-    MVE, FDD, static bound, and λ with its calibration)."""
+    and `seed` (with `from_start`: train it from its initialisation on train's schedule, λ calibrated on the
+    baseline all the same); write `out` (default train.out/<animator>-<loss>-seed<seed>/): model/, dvclive/,
+    metrics.json (LVE, MVE, FDD, static bound, and λ with its calibration)."""
     g, cfg = params["guide"], params["train"]
     if loss not in g["weights"]:
         raise ValueError(f"unknown loss setting {loss!r}; guide.weights has {sorted(g['weights'])}")
@@ -182,14 +183,37 @@ def guide_animator(
     term = loss_term(setting, params, corpus, seed)
     basis = MotionBasis.of_offsets(training_offsets(corpus, seed=seed), setting.basis) if setting.basis else None
     train = TalkingFaceDataset(corpus, "train", cache=True)
+    datasets = (train, TalkingFaceDataset(corpus, "val", cache=True))
+    out = out or root / cfg["out"] / run_name(animator, loss, seed)
     metrics = {}
-    if setting.grad_ratio is not None:
+    if setting.grad_ratio is not None:  # on the trained baseline, also for a run from the start
         first = DataLoader(train, batch_size=cfg["batch_size"], collate_fn=collate)  # in order: the same every run
         batches = [b for _, b in zip(range(g["calibration_batches"]), first)]
         metrics.update(calibrate(model, batches, setting, corpus.topology.lip_ids, term, basis))
+    start = time.perf_counter()
+    epochs, lr = g["epochs"], g["lr"]
+    if setting.from_start:
+        pl.seed_everything(seed, workers=True)  # the model's initialisation drawn as the train stage draws it
+        model = build_animator(animator, cfg[animator], corpus)
+        stages = stage_settings(model, cfg[animator], cfg["trainer"]["max_epochs"], cfg["lr"])
+        for stage, stage_epochs, stage_lr in stages[:-1]:  # CodeTalker's VQ-VAE: the vertex loss alone
+            model.set_stage(stage)
+            fit(
+                AnimatorModule(model, lr=stage_lr),
+                corpus,
+                cfg,
+                out,
+                stage_epochs,
+                out / "dvclive" / f"stage{stage}",
+                progress,
+                datasets,
+            )
+        last, epochs, lr = stages[-1]
+        if last is not None:
+            model.set_stage(last)
     module = AnimatorModule(
         model,
-        lr=g["lr"],
+        lr=lr,
         setting=setting,
         term=term,
         lip_ids=corpus.topology.lip_ids,
@@ -197,10 +221,7 @@ def guide_animator(
         term_lr=g["expert_lr_joint"],
         diagnose_every=cfg["trainer"].get("log_every_n_steps", 10),
     )
-    out = out or root / cfg["out"] / run_name(animator, loss, seed)
-    start = time.perf_counter()
-    datasets = (train, TalkingFaceDataset(corpus, "val", cache=True))
-    fit(module, corpus, cfg, out, g["epochs"], out / "dvclive", progress, datasets)
+    fit(module, corpus, cfg, out, epochs, out / "dvclive", progress, datasets)
     scores, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics = {**scores, **metrics, "weight": setting.weight, "train_s": round(time.perf_counter() - start, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
