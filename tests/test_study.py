@@ -61,6 +61,7 @@ def test_a_run_the_guide_stage_trained_is_taken_only_when_the_lock_matches(tmp_p
     recorded = {
         "guide.weights": {run["loss"]: run["setting"]},
         **{f"guide.{k}": params["guide"][k] for k in GUIDE_KEYS},
+        "guide.expert_lr_joint": str(params["guide"]["expert_lr_joint"]),  # as dvc.lock may write it
         "train.trainer": params["train"]["trainer"],
         "train.batch_size": params["train"]["batch_size"],
     }

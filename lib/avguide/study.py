@@ -96,6 +96,20 @@ def diagnostics(live: Path) -> dict:
     return out
 
 
+def _plain(x):
+    """Parameters as numbers where dvc.lock writes them as text (3e-05 is a string to YAML 1.1)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
+
+
 def pipeline_run(params: dict, run: dict, inputs: dict) -> Path | None:
     """The guide stage's folder of the same run (train.out/<animator>-<loss>-seed<seed>/), when dvc.lock records
     it trained with the run's setting, the same training settings and the same inputs: the study scores it instead
@@ -106,9 +120,9 @@ def pipeline_run(params: dict, run: dict, inputs: dict) -> Path | None:
     )
     if stage is None:
         return None
-    recorded, g, t = stage["params"]["params.yaml"], params["guide"], params["train"]
+    recorded, g, t = _plain(stage["params"]["params.yaml"]), _plain(params["guide"]), _plain(params["train"])
     same = (
-        recorded.get("guide.weights", {}).get(run["loss"]) == run["setting"]
+        recorded.get("guide.weights", {}).get(run["loss"]) == _plain(run["setting"])
         and all(recorded.get(f"guide.{k}") == g[k] for k in GUIDE_KEYS)
         and recorded.get("train.trainer") == t["trainer"]
         and recorded.get("train.batch_size") == t["batch_size"]
