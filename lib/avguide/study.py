@@ -13,9 +13,10 @@ where it stopped; `--force` runs everything again.
 Runs: study.runs[<animator>] × study.seeds, and for the Pareto figure every setting of study.sweep.settings at
 each of study.sweep.grad_ratios (FaceFormer, the first seed), named `<setting>@<ratio>`. Then the summary:
 study.out/metrics.json (per model: the mean over seeds), paired.json (every guided model against
-`<animator>-mse+rlv`: the paired difference of each metric with its 95 % bootstrap interval over test utterances
-and seeds), pareto.png and diagnostics.png, and the study block of the README. The bounds (ground truth, static
-template, oracle) are scored once, into study.out/runs/<bound>/.
+`<animator>-mse+rlv`, and one trained from the start also against `<animator>-mse+rlv-start`: the paired
+difference of each metric with its 95 % bootstrap interval over test utterances and seeds), pareto.png and
+diagnostics.png, and the study block of the README. The bounds (ground truth, static template, oracle) are
+scored once, into study.out/runs/<bound>/.
 
     python -m avguide.study [--only faceformer-critic] [--force] [--summary-only]
 """
@@ -40,6 +41,7 @@ from avguide.scoring import error_counts
 from avguide.training.guide import guide_animator, run_name
 
 CONTROL = "mse+rlv"
+START_CONTROL = "mse+rlv-start"  # the control of a setting trained from the start (from_start)
 BOUNDS = ("ground_truth", "static_template", "oracle")
 PAIRED = ("LVE", "lip_mve_mm", "CER", "CER_judge2", "VER", "closure_rate", "MTM_ms", "aperture_rmse_mm")
 INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
@@ -198,6 +200,9 @@ def summarize(params: dict) -> dict:
         numbers = numbers.drop(columns=[c for c in ("train_s", "run_s") if c in numbers])
         summary[model] = {**numbers.mean().to_dict(), "n_seeds": len(per_seed)}
     paired = paired_differences(table, control=CONTROL, metrics=PAIRED)
+    start = table[table["model"].str.endswith("-start")]  # trained from the start: against the same, unguided
+    if len(start):
+        paired = pd.concat([paired, paired_differences(start, control=START_CONTROL, metrics=PAIRED)])
     (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "paired.json").write_text(
         json.dumps(
