@@ -179,13 +179,15 @@ def done(run_dir: Path, key: dict) -> bool:
 
 
 def summarize(params: dict) -> dict:
-    """study.out/metrics.json, paired.json, the figures and the README block, from the runs done so far."""
-    out = project_root() / params["study"]["out"]
-    bounds = [{"name": b, "model": b} for b in BOUNDS if (out / "runs" / b / "metrics.json").is_file()]
-    runs = bounds + [
+    """study.out/metrics.json, paired.json, the figures and the README block, from the runs done so far with the
+    current settings and inputs (a run made from other pipeline outputs is left out until it is run again)."""
+    root = project_root()
+    out, inputs = root / params["study"]["out"], input_hashes(root)
+    bounds = [{"name": b, "model": b} for b in BOUNDS if done(out / "runs" / b, {"inputs": inputs})]
+    runs = bounds + [  # only runs made with the current settings and inputs
         {**r, "model": f"{r['animator']}-{r['loss']}"}
         for r in plan(params)
-        if (out / "runs" / r["name"] / "metrics.json").is_file()
+        if done(out / "runs" / r["name"], run_key(params, r, inputs))
     ]
     results = {r["name"]: json.loads((out / "runs" / r["name"] / "metrics.json").read_text()) for r in runs}
     table = error_counts(
