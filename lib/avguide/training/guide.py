@@ -40,7 +40,7 @@ from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, make_trainer
 from avguide.training.critic import load_critic
 from avguide.training.expert import ExpertModule, mask_audio, transcribe_dataset
-from avguide.training.run import build_animator, fit, predict_split, stage_settings
+from avguide.training.run import build_animator, fit, fit_stages, predict_split, stage_settings
 
 
 @torch.no_grad()
@@ -191,37 +191,26 @@ def guide_animator(
         batches = [b for _, b in zip(range(g["calibration_batches"]), first)]
         metrics.update(calibrate(model, batches, setting, corpus.topology.lip_ids, term, basis))
     start = time.perf_counter()
-    epochs, lr = g["epochs"], g["lr"]
-    if setting.from_start:
+
+    def guided(model, lr):
+        return AnimatorModule(
+            model,
+            lr=lr,
+            setting=setting,
+            term=term,
+            lip_ids=corpus.topology.lip_ids,
+            basis=basis,
+            term_lr=g["expert_lr_joint"],
+            diagnose_every=cfg["trainer"].get("log_every_n_steps", 10),
+        )
+
+    if setting.from_start:  # earlier stages (CodeTalker's VQ-VAE) with the vertex loss alone
         pl.seed_everything(seed, workers=True)  # the model's initialisation drawn as the train stage draws it
         model = build_animator(animator, cfg[animator], corpus)
         stages = stage_settings(model, cfg[animator], cfg["trainer"]["max_epochs"], cfg["lr"])
-        for stage, stage_epochs, stage_lr in stages[:-1]:  # CodeTalker's VQ-VAE: the vertex loss alone
-            model.set_stage(stage)
-            fit(
-                AnimatorModule(model, lr=stage_lr),
-                corpus,
-                cfg,
-                out,
-                stage_epochs,
-                out / "dvclive" / f"stage{stage}",
-                progress,
-                datasets,
-            )
-        last, epochs, lr = stages[-1]
-        if last is not None:
-            model.set_stage(last)
-    module = AnimatorModule(
-        model,
-        lr=lr,
-        setting=setting,
-        term=term,
-        lip_ids=corpus.topology.lip_ids,
-        basis=basis,
-        term_lr=g["expert_lr_joint"],
-        diagnose_every=cfg["trainer"].get("log_every_n_steps", 10),
-    )
-    fit(module, corpus, cfg, out, epochs, out / "dvclive", progress, datasets)
+        fit_stages(model, stages, corpus, cfg, out, progress, datasets, lambda lr: guided(model, lr))
+    else:
+        fit(guided(model, g["lr"]), corpus, cfg, out, g["epochs"], out / "dvclive", progress, datasets)
     scores, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics = {**scores, **metrics, "weight": setting.weight, "train_s": round(time.perf_counter() - start, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

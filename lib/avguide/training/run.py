@@ -91,6 +91,19 @@ def fit(
     trainer.fit(module, DataLoader(train, shuffle=True, **loaders), DataLoader(val, **loaders))
 
 
+def fit_stages(model, stages, corpus, cfg, out, progress, datasets, last_module=None) -> None:
+    """Fit `model` stage by stage ((stage, epochs, lr) of `stage_settings`) with its own loss, the last stage with
+    `last_module(lr)` instead when given (a guided loss); the last stage logs to out/dvclive/, earlier ones to
+    out/dvclive/stage<k>/."""
+    for stage, epochs, lr in stages:
+        if stage is not None:
+            model.set_stage(stage)
+        last = stage == stages[-1][0]
+        module = last_module(lr) if last and last_module else AnimatorModule(model, lr=lr)
+        live = out / "dvclive" if last else out / "dvclive" / f"stage{stage}"
+        fit(module, corpus, cfg, out, epochs, live, progress, datasets)
+
+
 def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     """Train animator `name` with params['train'], write train.out/<name>/ (weights, config, metrics.json)."""
     cfg = params["train"]
@@ -102,11 +115,7 @@ def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     model = build_animator(name, cfg[name], corpus)
     stages = stage_settings(model, cfg[name], cfg["trainer"]["max_epochs"], cfg["lr"])
     start = time.perf_counter()
-    for stage, epochs, lr in stages:  # the last stage logs to dvclive/, earlier ones to dvclive/stage<k>/
-        if stage is not None:
-            model.set_stage(stage)
-        live = out / "dvclive" if stage == stages[-1][0] else out / "dvclive" / f"stage{stage}"
-        fit(AnimatorModule(model, lr=lr), corpus, cfg, out, epochs, live, progress, datasets)
+    fit_stages(model, stages, corpus, cfg, out, progress, datasets)
     metrics, _ = score(*predict_split(model, TalkingFaceDataset(corpus, "test", cache=True)), corpus.topology)
     metrics["train_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
