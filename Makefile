@@ -23,10 +23,12 @@ setup: $(VENV)/.stamp-base
 # `make reproduce PROFILE=vocaset` (biwi, smoke): params.yaml := the default + profiles/PROFILE.yaml,
 # checked first (every key known, every outside path it names exists); `git checkout params.yaml` goes back.
 PROFILE ?= default
+# Stages run side by side, LANES at a time (avguide.reproduce); each computes with params' `threads`.
+LANES ?= 2
 
 reproduce: setup
 	$(BIN)/python -m avguide.params compose $(PROFILE)
-	$(RUN) $(BIN)/dvc repro
+	$(RUN) $(BIN)/python -m avguide.reproduce --lanes $(LANES)
 
 # The loss-setting study on the default pipeline's models (avguide.study): resumable; results/study/ is kept in git.
 study: reproduce

@@ -17,7 +17,7 @@ from avguide.models.augment import AugmentConfig, add_noise, augment_av, center_
 from avguide.models.checkpoint import load_checkpoint, save_checkpoint
 from avguide.models.expert import DECODING_FILE, Decoding, Expert, ExpertConfig, load_expert, save_reader
 from avguide.training.animator import make_trainer
-from avguide.training.expert import ExpertModule, ThreadsFromEpoch, mask_audio, shuffle_video, transcribe_dataset
+from avguide.training.expert import ExpertModule, mask_audio, shuffle_video, transcribe_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -228,32 +228,6 @@ def test_resume_continues_step_count_optimizer_and_schedule(tmp_path):
     assert first.global_step == 3 and second.global_step == 5
     assert int(next(iter(second.optimizers[0].state.values()))["step"]) == 5
     assert second.lr_scheduler_configs[0].scheduler.last_epoch == 5
-
-
-def test_the_expert_takes_more_threads_from_a_fixed_epoch(tmp_path):
-    import pytorch_lightning as pl
-
-    class Record(pl.Callback):
-        seen = []
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.seen.append((trainer.current_epoch, torch.get_num_threads()))
-
-    items, _ = padded(["bin", "set red"], [8, 12])
-    trainer = make_trainer(
-        {"accelerator": "cpu", "devices": 1, "max_epochs": 3},
-        tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[ThreadsFromEpoch(2, 2), Record()],
-    )
-    trainer.fit(
-        ExpertModule(small("av"), warmup_steps=1, augment=AugmentConfig(crop_size=24)),
-        DataLoader(items, batch_size=1, collate_fn=collate_av),
-    )
-    assert Record.seen == [(0, 1), (0, 1), (1, 1), (1, 1), (2, 2), (2, 2)]
 
 
 def test_augmentation_leaves_padding_alone():

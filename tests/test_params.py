@@ -126,10 +126,10 @@ def test_compose_writes_params_yaml_and_refuses_a_second_profile(project):
     assert P.main(["compose", "vocaset"]) == 1 and (project / "params.yaml").read_text() == default  # paths unset
 
 
-def test_make_reproduce_composes_the_profile_before_dvc_repro():
+def test_make_reproduce_composes_the_profile_before_running_the_pipeline():
     out = subprocess.run(
         ["make", "-n", "reproduce", "PROFILE=biwi"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert out.index("avguide.params compose biwi") < out.index("dvc repro")
+    assert out.index("avguide.params compose biwi") < out.index("avguide.reproduce --lanes 2")
     default = subprocess.run(["make", "-n", "reproduce"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "avguide.params compose default" in default

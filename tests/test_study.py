@@ -64,6 +64,7 @@ def test_a_run_the_guide_stage_trained_is_taken_only_when_the_lock_matches(tmp_p
         "guide.expert_lr_joint": str(params["guide"]["expert_lr_joint"]),  # as dvc.lock may write it
         "train.trainer": params["train"]["trainer"],
         "train.batch_size": params["train"]["batch_size"],
+        "threads": params["threads"],
     }
     baseline = f"{params['train']['out']}/{run['animator']}/model"
 
@@ -78,6 +79,8 @@ def test_a_run_the_guide_stage_trained_is_taken_only_when_the_lock_matches(tmp_p
     lock(recorded, "old.dir")  # trained from another baseline
     assert pipeline_run(params, run, inputs) is None
     lock({**recorded, "guide.lr": 1.0}, "abc.dir")
+    assert pipeline_run(params, run, inputs) is None
+    lock({**recorded, "threads": params["threads"] + 1}, "abc.dir")  # other sums, other floats
     assert pipeline_run(params, run, inputs) is None
     lock({**recorded, "guide.weights": {run["loss"]: {**run["setting"], "grad_ratio": 2.0}}}, "abc.dir")
     assert pipeline_run(params, run, inputs) is None

@@ -29,7 +29,7 @@ from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, load_expert
 from avguide.models.registry import ANIMATORS
 from avguide.oracle import oracle_sequences
-from avguide.params import project_root
+from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
 from avguide.scoring import JUDGE2_METRICS, LIP_METRICS, METRICS, score
 from avguide.training.expert import judges, transcribe_dataset
@@ -119,6 +119,7 @@ class TestScorer:
 
 
 def evaluate(params: dict, progress: bool = True) -> dict:
+    set_threads(params)
     torch.manual_seed(params["seed"])
     scorer = TestScorer(params, progress)
     runs = {key: [(params["seed"], pred)] for key, pred in scorer.bounds().items()}

@@ -38,6 +38,14 @@ def _read(path: Path) -> dict:
     return data
 
 
+def set_threads(params: dict) -> None:
+    """torch's CPU threads := params' `threads`, the number every stage computes with: the floats of a training run
+    depend on it (the order of its sums), so it is a parameter, not the machine's core count."""
+    import torch
+
+    torch.set_num_threads(int(params["threads"]))
+
+
 def profile_path(name: str, root: Path | None = None) -> Path:
     """profiles/<name>.yaml of the project; an unknown name is an error listing the known ones."""
     folder = (root or project_root()) / PROFILES

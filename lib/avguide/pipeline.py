@@ -8,11 +8,12 @@ from avguide.params import project_root
 
 def require(params: dict, need: str, progress: bool = False) -> None:
     """Make sure `need` exists, building it (and what it needs) otherwise:
-    corpus | corpus_2d | audio | expert | expert_3d | critic | baseline:<animator> | guided:<animator>:<loss>:<seed>."""
+    corpus | corpus_2d | audio | expert | judges | expert_3d | critic | baseline:<animator> |
+    guided:<animator>:<loss>:<seed>."""
     from avguide.data.prepare import prepare, prepare_2d
     from avguide.training.audio import pretrain_audio
     from avguide.training.critic import pretrain_critic
-    from avguide.training.expert import judges, pretrain_expert
+    from avguide.training.expert import judges, pretrain_expert, pretrain_judge
     from avguide.training.guide import finetune_expert, guide_animator, run_name
     from avguide.training.run import train_animator
 
@@ -29,11 +30,16 @@ def require(params: dict, need: str, progress: bool = False) -> None:
             require(params, "corpus_2d", progress)
             pretrain_audio(params, progress)
     elif kind == "expert":
-        readers = root / params["pretrain_expert"]["out"]
-        if not all((readers / name / "config.json").exists() for name in judges(params["pretrain_expert"])):
-            require(params, "corpus", progress)
+        if not (root / params["pretrain_expert"]["out"] / "model" / "config.json").exists():
             require(params, "corpus_2d", progress)
             pretrain_expert(params, progress)
+    elif kind == "judges":
+        readers = root / params["pretrain_expert"]["out"]
+        for name in judges(params["pretrain_expert"]):
+            if not (readers / name / "config.json").exists():
+                require(params, "corpus", progress)
+                require(params, "corpus_2d", progress)
+                pretrain_judge(params, name, progress)
     elif kind == "expert_3d":
         if not (root / params["guide"]["expert_out"] / "model" / "config.json").exists():
             require(params, "expert", progress)
@@ -67,8 +73,8 @@ def guide_needs(params: dict, loss: str) -> list[str]:
 
 
 def require_all(params: dict, progress: bool = False) -> None:
-    """Every model the evaluate stage scores."""
-    require(params, "expert", progress)
+    """Every model the evaluate stage scores, and its judges."""
+    require(params, "judges", progress)
     for animator in params["train"]["animators"]:
         require(params, f"baseline:{animator}", progress)
         for loss in params["guide"]["losses"]:

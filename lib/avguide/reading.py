@@ -1,10 +1,11 @@
 """Reading lips with a trained reader: `read_lips`, the one public entry (the `avguide transcribe` command
 calls it).
 
-A reader folder is what the pretrain_expert stage writes as `model/` (the audio-visual expert) and `judge/`
-(the visual-only judge) under its `out` folder: weights, config.json and decoding.json, the beam search
-settings the reader decodes with (avguide.models.expert.Decoding; a folder written before decoding settings
-were saved decodes with that class's defaults). `read_lips` decodes with those settings, as the evaluation does.
+A reader folder is what the pretrain_expert stage writes as `model/` (the audio-visual expert) and the
+pretrain_judge stage as `judge/` (the visual-only judge) under its `out` folder: weights, config.json and
+decoding.json, the beam search settings the reader decodes with (avguide.models.expert.Decoding; a folder written
+before decoding settings were saved decodes with that class's defaults). `read_lips` decodes with those settings, as
+the evaluation does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def reader_folder(model_dir: str | Path | None, audio: bool) -> Path:
     if not (sub / "config.json").is_file():
         raise FileNotFoundError(
             f"{sub}: no trained {'expert' if audio else 'judge'} here (config.json, "
-            f"model.safetensors); run `dvc repro pretrain_expert`, or pass the folder it wrote"
+            f"model.safetensors); run `dvc repro {'pretrain_expert' if audio else 'pretrain_judge@judge'}`, "
+            "or pass the folder it wrote"
         )
     return sub
 

@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from avguide.evaluate import TestScorer
-from avguide.params import load_params, project_root
+from avguide.params import load_params, project_root, set_threads
 from avguide.report.figures import plot_diagnostics, plot_pareto
 from avguide.report.readme import study_block, update_readme
 from avguide.report.stats import paired_differences
@@ -44,7 +44,7 @@ CONTROL = "mse+rlv"
 START_CONTROL = "mse+rlv-start"  # the control of a setting trained from the start (from_start)
 BOUNDS = ("ground_truth", "static_template", "oracle")
 PAIRED = ("LVE", "lip_mve_mm", "CER", "CER_judge2", "VER", "closure_rate", "MTM_ms", "aperture_rmse_mm")
-INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert")  # the stages whose outputs a run reads
+INPUTS = ("train", "finetune_expert", "pretrain_critic", "pretrain_expert", "pretrain_judge")  # what a run reads
 GUIDE_KEYS = ("epochs", "lr", "expert_lr_joint", "calibration_batches", "render_size")  # a run's guide settings
 
 
@@ -82,7 +82,8 @@ def input_hashes(root: Path) -> dict:
 
 
 def run_key(params: dict, run: dict, inputs: dict) -> dict:
-    key = {"setting": run["setting"], **{k: params["guide"][k] for k in GUIDE_KEYS}, "inputs": inputs}
+    key = {"setting": run["setting"], **{k: params["guide"][k] for k in GUIDE_KEYS}, "threads": params["threads"]}
+    key["inputs"] = inputs
     if run["setting"].get("from_start"):  # trained on train's schedule, not guide's
         t = params["train"]
         key["train"] = {"lr": t["lr"], "max_epochs": t["trainer"]["max_epochs"], run["animator"]: t[run["animator"]]}
@@ -128,6 +129,7 @@ def pipeline_run(params: dict, run: dict, inputs: dict) -> Path | None:
         and all(recorded.get(f"guide.{k}") == g[k] for k in GUIDE_KEYS)
         and recorded.get("train.trainer") == t["trainer"]
         and recorded.get("train.batch_size") == t["batch_size"]
+        and recorded.get("threads") == params["threads"]
         and all(inputs.get(d["path"], d.get("md5")) == d.get("md5") for d in stage["deps"])
     )
     folder = root / t["out"] / run_name(run["animator"], run["loss"], run["seed"])
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary-only", action="store_true", help="only the summary of the runs done so far")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    set_threads(params)
     root = project_root()
     runs = plan(params)
     if args.only:

@@ -26,7 +26,7 @@ from avguide.data.text import VOCAB, normalize_text
 from avguide.metrics import cer, wer
 from avguide.models.expert import ctc_greedy_decode
 from avguide.models.faceformer import SMALL_WAV2VEC2, normalize_audio
-from avguide.params import project_root
+from avguide.params import project_root, set_threads
 from avguide.training.animator import make_trainer
 
 
@@ -135,7 +135,7 @@ def pretrain_audio(params: dict, progress: bool = True) -> dict:
     <out>/model (a Wav2Vec2ForCTC folder), <out>/metrics.json (test CER/WER, greedy CTC) and <out>/dvclive."""
     cfg = params["pretrain_audio"]
     pl.seed_everything(params["seed"], workers=True)
-    torch.set_num_threads(cfg["threads"])
+    set_threads(params)
     root = project_root()
     corpus = AVCorpus(root / params["prepare_2d"]["out"])
     out = root / cfg["out"]

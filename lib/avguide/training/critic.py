@@ -27,7 +27,7 @@ from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.models.checkpoint import load_checkpoint, save_checkpoint
 from avguide.models.critic import CriticConfig, SyncCritic
 from avguide.models.expert import lengths_to_mask
-from avguide.params import project_root
+from avguide.params import project_root, set_threads
 
 SHIFTS = (3, 5)  # frames: the audio offsets the shift margins are measured at
 
@@ -171,6 +171,7 @@ def train_critic(
 def pretrain_critic(params: dict, progress: bool = True) -> dict:
     """The pretrain_critic stage: train_critic on the corpus of params' prepare.out with params' pretrain_critic
     settings and seed, into pretrain_critic.out/ (model/, metrics.json)."""
+    set_threads(params)
     s = params["pretrain_critic"]
     root = project_root()
     return train_critic(

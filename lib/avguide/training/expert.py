@@ -1,12 +1,14 @@
-"""The `pretrain_expert` stage: the AV lip-reading expert and the visual-only judge, trained on the 2D corpus.
+"""The `pretrain_expert` and `pretrain_judge` stages: the AV lip-reading expert and the visual-only judges, each
+trained on the 2D corpus in its own stage (so that the pipeline can run them side by side, one core each).
 
-Writes `pretrain_expert.out` (data/models/expert)::
+They write `pretrain_expert.out` (data/models/expert)::
 
     model/            the AV expert (safetensors + config.json + decoding.json: beam_size, decode_ctc_weight)
-    judge/            the visual-only judge (its own seed and size, the same decoding), used only for evaluation
+    judge/, judge2/   the visual-only judges (each its own seed and size, the same decoding), for evaluation only
     checkpoints/      Lightning checkpoints (last.ckpt per model): an interrupted run resumes from them
-    dvclive/{model,judge}/   train/val loss and val CER curves
-    metrics.json      CER / WER on the held-out test identities (see `evaluate_readers`)
+    dvclive/<name>/   train/val loss and val CER curves of model, judge, judge2
+    metrics.json      the expert's CER / WER on the held-out test identities (see `evaluate_readers`)
+    metrics_<name>.json   a judge's (see `pretrain_judge`)
 
 "audio-only" in the metrics is the AV expert with the video zeroed (it is trained with modality
 dropout, so zeroed video is a state it knows), not a separate model.
@@ -19,6 +21,7 @@ import importlib
 import json
 import math
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,8 +36,8 @@ from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
 from avguide.data.corpus import Corpus
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, augment_av, mask_chunks
-from avguide.models.expert import Decoding, Expert, ExpertConfig, ctc_greedy_decode, load_expert, save_reader
-from avguide.params import project_root
+from avguide.models.expert import Decoding, Expert, ExpertConfig, ctc_greedy_decode, save_reader
+from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
 from avguide.training.animator import make_trainer
 
@@ -103,19 +106,6 @@ class ExpertModule(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class ThreadsFromEpoch(pl.Callback):
-    """Train with `threads` torch threads from epoch `epoch` (0-based) on: the expert takes the judge's core once
-    the judge is done. A fixed epoch, not "when the judge's process ends": the thread count changes the floats
-    (summation order), so a switch that hung on timing would make training irreproducible."""
-
-    def __init__(self, epoch: int, threads: int):
-        self.epoch, self.threads = epoch, threads
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch >= self.epoch:
-            torch.set_num_threads(self.threads)
 
 
 def _loaders(train: AVDataset, val: AVDataset | None, batch_size: int, seed: int):
@@ -306,18 +296,21 @@ def score(refs, hyps, prefix: str) -> dict:
     return {f"{prefix}_cer": cer(refs, hyps), f"{prefix}_wer": wer(refs, hyps)}
 
 
-def evaluate_readers(expert: Expert, judge: Expert, test: AVDataset, settings: dict) -> tuple[dict, dict]:
-    """Test-identity figures: av, audio_only (the expert with zeroed video), video_only (the judge), and the
-    masked-audio pair (true vs time-shuffled video). Returns (metrics, examples)."""
+def evaluate_readers(expert: Expert, test: AVDataset, settings: dict) -> tuple[dict, dict]:
+    """The expert's test-identity figures: av, audio_only (zeroed video) and the masked-audio pair (true vs
+    time-shuffled video). Returns (metrics, examples)."""
     ev = settings["eval"]
     kw = dict(beam_size=settings["beam_size"], ctc_weight=settings["decode_ctc_weight"])
     metrics, examples = {}, {}
-    runs = {"av": (expert, {}), "audio_only": (expert, {"video_fn": zero_video}), "video_only": (judge, {})}
     masked = mask_audio(ev["masked_audio_fraction"], seed=ev["seed"])
-    runs["masked_audio"] = (expert, {"audio_fn": masked})
-    runs["masked_audio_shuffled_video"] = (expert, {"audio_fn": masked, "video_fn": shuffle_video(ev["seed"])})
-    for key, (model, fns) in runs.items():
-        refs, hyps = transcribe_dataset(model, test, **kw, **fns)
+    runs = {
+        "av": {},
+        "audio_only": {"video_fn": zero_video},
+        "masked_audio": {"audio_fn": masked},
+        "masked_audio_shuffled_video": {"audio_fn": masked, "video_fn": shuffle_video(ev["seed"])},
+    }
+    for key, fns in runs.items():
+        refs, hyps = transcribe_dataset(expert, test, **kw, **fns)
         metrics.update(score(refs, hyps, key))
         examples[key] = list(zip(refs[:5], hyps[:5]))
     metrics["masked_audio_cer_true_video"] = metrics.pop("masked_audio_cer")
@@ -386,120 +379,88 @@ def _judge_settings(s: dict, name: str = "judge") -> dict:
     return {**s, "model": j["model"], "augment": {**s["augment"], **j.get("augment", {})}}
 
 
-def _fit_judge(params: dict, progress: bool, clips: dict | None = None) -> float:
-    """Train the judges one after the other (in this process, or in a spawned one: then it decodes its own copy
-    of the corpus); each into pretrain_expert.out/<name>."""
-    import time
-
-    s = params["pretrain_expert"]
-    torch.set_num_threads(s.get("threads") or torch.get_num_threads())
+def _datasets(params: dict, splits: tuple[str, ...], progress: bool):
     corpus = AVCorpus(project_root() / params["prepare_2d"]["out"])
-    clips = clips if clips is not None else decode_corpus(corpus, progress=False)
-    train, val = AVDataset(corpus, "train", clips), AVDataset(corpus, "val", clips)
-    fps = float(corpus.manifest["fps"].iloc[0])
     start = time.perf_counter()
-    for name in judges(s):
-        js = _judge_settings(s, name)
-        fit_reader(
-            name,
-            reader_config(js, "video", fps),
-            js,
-            train,
-            val,
-            project_root() / s["out"],
-            s[name]["seed"],
-            {**s["trainer"], **s[name].get("trainer", {})},
-            progress,
-        )
-    return time.perf_counter() - start
+    clips = decode_corpus(corpus, splits=splits, progress=progress)
+    decode_s = time.perf_counter() - start
+    fps = float(corpus.manifest["fps"].iloc[0])
+    return [AVDataset(corpus, split, clips) for split in splits], fps, decode_s
 
 
-def _judge_process(params: dict, queue) -> None:
-    try:
-        queue.put(("ok", _fit_judge(params, progress=False)))
-    except BaseException as e:  # the parent re-raises it
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-        raise
+def _write(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def pretrain_expert(params: dict, progress: bool = True) -> dict:
-    """Train the AV expert and the visual-only judge with params['pretrain_expert']; write metrics.json.
-
-    With `parallel: true` the judge trains in a second (spawned) process at the same time as the expert,
-    each with `threads` torch threads: on two cores that halves the wall time. The judge's epochs are shorter, so
-    from epoch `solo.after_epochs` on the expert trains with `solo.threads` (the judge is done by then), and the
-    evaluation runs with them too."""
-    import multiprocessing
-    import time
-
+    """The `pretrain_expert` stage: train the AV expert with params['pretrain_expert'] into its `out`/model and write
+    metrics.json and examples.json (`evaluate_readers`: audio-visual, audio-only and the masked-audio pair)."""
+    set_threads(params)
     s = params["pretrain_expert"]
-    root = project_root()
-    corpus = AVCorpus(root / params["prepare_2d"]["out"])
-    out = root / s["out"]
+    out = project_root() / s["out"]
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(s.get("threads") or torch.get_num_threads())
-    judge_job = None
-    if s.get("parallel"):
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        judge_job = ctx.Process(target=_judge_process, args=(params, queue), daemon=False)
-        judge_job.start()
-    start = time.perf_counter()
-    clips = decode_corpus(corpus, progress=progress)
-    decode_s = time.perf_counter() - start
-    train, val, test = (AVDataset(corpus, split, clips) for split in ("train", "val", "test"))
-    fps = float(corpus.manifest["fps"].iloc[0])
-
-    solo = s.get("solo") or {}
-    solo_threads = solo.get("threads")  # null: the expert keeps `threads` throughout
-    callbacks = [ThreadsFromEpoch(solo["after_epochs"], solo_threads)] if solo_threads else []
+    (train, val, test), fps, decode_s = _datasets(params, ("train", "val", "test"), progress)
     start = time.perf_counter()
     expert = fit_reader(
-        "model",
-        reader_config(s, "av", fps),
-        s,
-        train,
-        val,
-        out,
-        params["seed"],
-        s["trainer"],
-        progress,
-        callbacks=callbacks,
+        "model", reader_config(s, "av", fps), s, train, val, out, params["seed"], s["trainer"], progress
     )
-    expert_s = time.perf_counter() - start
-    if judge_job is not None:
-        status, value = queue.get()
-        judge_job.join()
-        if status != "ok":
-            raise RuntimeError(f"training the judge in its own process failed: {value}")
-        judge_s = value
-    else:
-        judge_s = _fit_judge(params, progress, clips)
-    judge = load_expert(out / "judge", map_location=str(expert.device))
-    wall_s = time.perf_counter() - start
-    if solo_threads:
-        torch.set_num_threads(solo_threads)
-
+    train_s = time.perf_counter() - start
     start = time.perf_counter()
-    metrics, examples = evaluate_readers(expert, judge, test, s)
-    if "judge2" in s:
-        refs, hyps = transcribe_dataset(load_expert(out / "judge2", map_location=str(expert.device)), test)
-        metrics["video_only_judge2_cer"], metrics["video_only_judge2_wer"] = cer(refs, hyps), wer(refs, hyps)
-    if s["eval"]["judge_3d"]:
-        corpus3d = Corpus(root / params["prepare"]["out"])
-        kw = dict(beam_size=s["beam_size"], ctc_weight=s["decode_ctc_weight"])
-        for key, static in (("ground_truth", False), ("static_template", True)):
-            refs, hyps = judge_renders(judge, render_3d_split(corpus3d, "test", static=static), **kw)
-            metrics[f"judge_cer_3d_{key}"], metrics[f"judge_wer_3d_{key}"] = cer(refs, hyps), wer(refs, hyps)
-            examples[f"judge_3d_{key}"] = list(zip(refs[:5], hyps[:5]))
+    metrics, examples = evaluate_readers(expert, test, s)
     metrics.update(
         decode_s=round(decode_s, 1),
-        expert_train_s=round(expert_s, 1),
-        judge_train_s=round(judge_s, 1),
-        train_wall_s=round(wall_s, 1),
+        train_s=round(train_s, 1),
         eval_s=round(time.perf_counter() - start, 1),
         n_test=len(test),
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
+    _write(out / "metrics.json", metrics)
+    _write(out / "examples.json", examples)
+    return metrics
+
+
+def pretrain_judge(params: dict, name: str, progress: bool = True) -> dict:
+    """The `pretrain_judge@<name>` stage: train the visual-only judge `name` (`judge` or `judge2` of
+    params['pretrain_expert']: its own seed and shape, the expert's training settings otherwise) into
+    `out`/<name>, and write `out`/metrics_<name>.json: its CER / WER on the 2D test identities (`video_only_*`)
+    and, with eval.judge_3d, on mouth renders of the 3D test subjects' ground truth and static template
+    (`cer_3d_*`, `wer_3d_*`); examples of each in `out`/examples_<name>.json."""
+    set_threads(params)
+    s = params["pretrain_expert"]
+    if name not in judges(s):
+        raise KeyError(f"params pretrain_expert: no judge {name!r}; judges: {judges(s)}")
+    js = _judge_settings(s, name)
+    out = project_root() / s["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    (train, val, test), fps, decode_s = _datasets(params, ("train", "val", "test"), progress)
+    start = time.perf_counter()
+    judge = fit_reader(
+        name,
+        reader_config(js, "video", fps),
+        js,
+        train,
+        val,
+        out,
+        s[name]["seed"],
+        {**s["trainer"], **s[name].get("trainer", {})},
+        progress,
+    )
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    kw = dict(beam_size=s["beam_size"], ctc_weight=s["decode_ctc_weight"])
+    refs, hyps = transcribe_dataset(judge, test, **kw)
+    metrics, examples = score(refs, hyps, "video_only"), {"video_only": list(zip(refs[:5], hyps[:5]))}
+    if s["eval"]["judge_3d"]:
+        corpus3d = Corpus(project_root() / params["prepare"]["out"])
+        for key, static in (("ground_truth", False), ("static_template", True)):
+            refs, hyps = judge_renders(judge, render_3d_split(corpus3d, "test", static=static), **kw)
+            metrics[f"cer_3d_{key}"], metrics[f"wer_3d_{key}"] = cer(refs, hyps), wer(refs, hyps)
+            examples[f"3d_{key}"] = list(zip(refs[:5], hyps[:5]))
+    metrics.update(
+        decode_s=round(decode_s, 1),
+        train_s=round(train_s, 1),
+        eval_s=round(time.perf_counter() - start, 1),
+        n_test=len(test),
+    )
+    _write(out / f"metrics_{name}.json", metrics)
+    _write(out / f"examples_{name}.json", examples)
     return metrics

@@ -34,7 +34,7 @@ from avguide.models.augment import AugmentConfig
 from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, ExpertConfig, load_expert, save_reader
 from avguide.models.registry import ANIMATORS
-from avguide.params import project_root
+from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
 from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, make_trainer
@@ -96,6 +96,7 @@ def guide_view(topology, render_size: int, expert: Expert) -> MouthView:
 def finetune_expert(params: dict, progress: bool = True) -> dict:
     """Stage 1: fine-tune the pretrained AV expert on renders of the 3D training subjects; write
     guide.expert_out/ (model/, dvclive/, metrics.json with the before/after CER on the 3D test subjects)."""
+    set_threads(params)
     g, pe = params["guide"], params["pretrain_expert"]
     root = project_root()
     pl.seed_everything(params["seed"], workers=True)
@@ -170,6 +171,7 @@ def guide_animator(
     and `seed` (with `from_start`: train it from its initialisation on train's schedule, λ calibrated on the
     baseline all the same); write `out` (default train.out/<animator>-<loss>-seed<seed>/): model/, dvclive/,
     metrics.json (LVE, MVE, FDD, static bound, and λ with its calibration)."""
+    set_threads(params)
     g, cfg = params["guide"], params["train"]
     if loss not in g["weights"]:
         raise ValueError(f"unknown loss setting {loss!r}; guide.weights has {sorted(g['weights'])}")

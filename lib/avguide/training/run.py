@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from avguide.data.corpus import Corpus
 from avguide.data.dataset import TalkingFaceDataset, collate
 from avguide.models.registry import ANIMATORS
-from avguide.params import project_root
+from avguide.params import project_root, set_threads
 from avguide.scoring import score
 from avguide.training.animator import AnimatorModule, SaveModel, borrow_style, make_trainer
 
@@ -106,6 +106,7 @@ def fit_stages(model, stages, corpus, cfg, out, progress, datasets, last_module=
 
 def train_animator(params: dict, name: str, progress: bool = True) -> dict:
     """Train animator `name` with params['train'], write train.out/<name>/ (weights, config, metrics.json)."""
+    set_threads(params)
     cfg = params["train"]
     pl.seed_everything(params["seed"], workers=True)
     root = project_root()
