@@ -1,9 +1,10 @@
 """avguide.reproduce: the pipeline's stages side by side, never before what they read, never more than `lanes`."""
 
 import pytest
+import yaml
 
 from avguide.params import project_root
-from avguide.reproduce import pipeline_graph, schedule
+from avguide.reproduce import pipeline_graph, prune_lock, schedule
 
 
 class Job:
@@ -84,3 +85,12 @@ def test_the_graph_is_dvc_yaml_s():
     assert graph["pretrain_judge@judge"] == graph["pretrain_judge@judge2"] == ["prepare", "prepare_2d"]
     assert {"pretrain_judge@judge", "pretrain_judge@judge2", "train@faceformer"} <= set(graph["evaluate"])
     assert "pretrain_audio" in graph["train@codetalker"]
+
+
+def test_lock_entries_of_stages_no_longer_in_the_pipeline_are_removed(tmp_path):
+    entries = {name: {"cmd": f"run {name}", "outs": [{"path": f"data/{name}", "md5": "abc"}]} for name in "abz"}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": entries}, sort_keys=False))
+    assert prune_lock(tmp_path, ["a", "b", "c"]) == ["z"]
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert lock == {"schema": "2.0", "stages": {"a": entries["a"], "b": entries["b"]}}
+    assert prune_lock(tmp_path, ["a", "b"]) == []

@@ -10,7 +10,9 @@ changed is skipped by DVC as under `dvc repro`.
 
 Each stage's output goes to data/logs/<stage>.log, and its start and end (seconds from the start) to
 data/logs/reproduce.json. When a stage fails no new stage starts; those running finish, and the command exits
-non-zero naming the failed stages and their logs.
+non-zero naming the failed stages and their logs. After a run in which every stage succeeded, dvc.lock entries of
+stages that dvc.yaml no longer has (a loss setting taken out of guide.losses, say) are removed: DVC keeps them,
+and they would describe runs that the pipeline no longer makes.
 
 Usage: python -m avguide.reproduce [--lanes 2] [--dry]
 """
@@ -73,6 +75,21 @@ def schedule(graph: dict[str, list[str]], start: Callable, lanes: int, poll_s: f
     return record
 
 
+def prune_lock(root: Path, stages) -> list[str]:
+    """Remove from dvc.lock the entries of stages not in `stages`; returns their names."""
+    import yaml
+
+    path = root / "dvc.lock"
+    if not path.is_file():
+        return []
+    lock = yaml.safe_load(path.read_text())
+    stale = sorted(set(lock.get("stages", {})) - set(stages))
+    if stale:
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k not in stale}
+        path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avguide.reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("--lanes", type=int, default=2, help="stages at once (default 2)")
@@ -107,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"failed: {', '.join(failed)}; see {', '.join(f'{LOGS}/{s}.log' for s in failed)}", file=sys.stderr)
         return 1
+    stale = prune_lock(root, graph)
+    if stale:
+        print(f"dvc.lock: removed the entries of stages dvc.yaml no longer has: {', '.join(stale)}")
     return 0
 
 
