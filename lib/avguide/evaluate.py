@@ -86,14 +86,17 @@ class TestScorer:
     def bounds(self) -> dict[str, list[np.ndarray]]:
         """The ground truth, the static template and, on the synthetic corpus, the oracle (the rig driven by the
         true phonemes with the mean style)."""
-        out = {
-            "ground_truth": self.true,
-            "static_template": [np.broadcast_to(t, v.shape) for t, v in zip(self.templates, self.true)],
-        }
-        if self.phonemes is not None:
+        return {key: self.bound(key) for key in bound_keys(self.corpus)}
+
+    def bound(self, key: str) -> list[np.ndarray]:
+        if key == "ground_truth":
+            return self.true
+        if key == "static_template":
+            return [np.broadcast_to(t, v.shape) for t, v in zip(self.templates, self.true)]
+        if key == "oracle" and self.phonemes is not None:
             synthetic = {"seed": self.params["seed"], **self.params["prepare"]["synthetic"]}
-            out["oracle"] = oracle_sequences(self.corpus, "test", synthetic)
-        return out
+            return oracle_sequences(self.corpus, "test", synthetic)
+        raise ValueError(f"{self.corpus.root}: no bound {key!r} here; bounds: {bound_keys(self.corpus)}")
 
     def predict(self, animator: str, folder: Path) -> list[np.ndarray]:
         return predict_split(load_checkpoint(*ANIMATORS[animator], folder), self.test)[0]
@@ -118,21 +121,54 @@ class TestScorer:
         return {m: overall[m] for m in (*METRICS, *LIP_METRICS, *JUDGE2_METRICS) if m in overall}, per_utt
 
 
-def evaluate(params: dict, progress: bool = True) -> dict:
+def bound_keys(corpus: Corpus) -> list[str]:
+    """The bounds a corpus allows: the oracle needs the synthetic corpus' phoneme timings."""
+    return ["ground_truth", "static_template", *(["oracle"] if corpus.phonemes() is not None else [])]
+
+
+_scorer: TestScorer | None = None  # a worker process's own (evaluate with eval.workers > 1)
+
+
+def _start_worker(params: dict) -> None:
+    global _scorer
     set_threads(params)
-    torch.manual_seed(params["seed"])
-    scorer = TestScorer(params, progress)
-    runs = {key: [(params["seed"], pred)] for key, pred in scorer.bounds().items()}
-    for key, folders in trained_models(params).items():
-        runs[key] = [(seed, scorer.predict(key.split("-")[0], folder)) for seed, folder in folders]
-    rows, results = [], {}
-    for key, seeds in runs.items():
-        per_seed = []
-        for seed, pred in seeds:
-            overall, per_utt = scorer(pred)
-            per_seed.append(overall)
-            rows.append(per_utt.assign(model=key, seed=seed)[["model", "seed", *per_utt.columns]])
-        results[key] = summary(per_seed)
+    _scorer = TestScorer(params, progress=False)
+
+
+def _score(scorer: TestScorer, job: tuple[str, int, Path | None]) -> tuple[dict, pd.DataFrame]:
+    """Score one model (key, seed, folder), or a bound (folder None)."""
+    key, _, folder = job
+    torch.manual_seed(scorer.params["seed"])
+    return scorer(scorer.bound(key) if folder is None else scorer.predict(key.split("-")[0], folder))
+
+
+def _score_in_worker(job: tuple[str, int, Path | None]) -> tuple[dict, pd.DataFrame]:
+    return _score(_scorer, job)
+
+
+def evaluate(params: dict, progress: bool = True) -> dict:
+    """Score the bounds and every trained model (`trained_models`) into eval.out; `eval.workers` processes score
+    them side by side, each with params' `threads` (the figures do not depend on how many)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    set_threads(params)
+    corpus = Corpus(project_root() / params["prepare"]["out"])
+    jobs = [(key, params["seed"], None) for key in bound_keys(corpus)]
+    jobs += [(key, seed, folder) for key, runs in trained_models(params).items() for seed, folder in runs]
+    workers = min(int(params["eval"].get("workers", 1)), len(jobs))
+    if workers > 1:
+        context = get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(params,)) as pool:
+            scored = list(pool.map(_score_in_worker, jobs))
+    else:
+        scorer = TestScorer(params, progress)
+        scored = [_score(scorer, job) for job in jobs]
+    rows, per_key = [], {}
+    for (key, seed, _), (overall, per_utt) in zip(jobs, scored):
+        per_key.setdefault(key, []).append(overall)
+        rows.append(per_utt.assign(model=key, seed=seed)[["model", "seed", *per_utt.columns]])
+    results = {key: summary(per_seed) for key, per_seed in per_key.items()}
     out = project_root() / params["eval"]["out"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
