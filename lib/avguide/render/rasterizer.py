@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BIG = 1e4  # distance (pixels) standing for "no silhouette edge"
@@ -95,6 +96,13 @@ def _face_table(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor,
     return torch.stack([x0, y0, a0, b0, a1, b1, z0, z1, z2]), torch.stack([x1, y1, x2, y2]), area
 
 
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    """Positions of the non-zero entries of 1-D x, increasing (numpy finds them several times faster on the CPU)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(x.numpy()))
+    return x.nonzero().squeeze(1)
+
+
 def _barycentrics(x0, y0, a0, b0, a1, b1, px, py) -> tuple[torch.Tensor, torch.Tensor]:
     """Table rows X0..B1 of faces, points (px, py) -> their w0, w1 (w2 = 1 - w0 - w1)."""
     dx, dy = px - x0, py - y0
@@ -129,7 +137,7 @@ def _slot_geometry(
     wc = wc / wc.sum(0).clamp_min(1e-12)
     depth = (wc * torch.stack([z0, z1, z2])).sum(0)
     d = torch.full_like(depth, BIG)
-    s = soft.any(1).nonzero().squeeze(1)  # distances only for the faces with a silhouette edge (few)
+    s = _nonzero(soft.any(1))  # distances only for the faces with a silhouette edge (few)
     if len(s):
         x0, y0 = x0.index_select(0, s), y0.index_select(0, s)
         x1, y1, x2, y2 = far.index_select(1, bf.index_select(0, s))
@@ -142,8 +150,9 @@ def _slot_geometry(
     return (wc if clip else raw).T, depth, torch.where(inside, d, -d)
 
 
-def _edge_neighbours(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
-    """(F, 3) face across each edge (v0v1, v1v2, v2v0), -1 on boundary or non-manifold edges."""
+def _edge_neighbours(faces: torch.Tensor, n_verts: int) -> tuple[torch.Tensor, bool]:
+    """(F, 3) face across each edge (v0v1, v1v2, v2v0), -1 on boundary or non-manifold edges; and whether the
+    mesh is free of non-manifold edges (edges of more than two faces)."""
     e = faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2)
     key = e.amin(1) * n_verts + e.amax(1)
     key, order = key.sort()
@@ -152,11 +161,11 @@ def _edge_neighbours(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
     prev_same = torch.cat([same.new_zeros(1), same[:-1]])
     next_same = torch.cat([same[1:], same.new_zeros(1)])
     pair = same & ~prev_same & ~next_same  # exactly two faces share the edge
-    i = pair.nonzero().squeeze(1)
+    i = _nonzero(pair)
     nbr = torch.full((n,), -1, dtype=torch.long, device=faces.device)
     nbr[order[i]] = order[i + 1] // 3
     nbr[order[i + 1]] = order[i] // 3
-    return nbr.view(-1, 3)
+    return nbr.view(-1, 3), not bool((same[1:] & same[:-1]).any())
 
 
 def _check(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> None:
@@ -210,7 +219,7 @@ def _select(
     # Each visible face's pixel box, cut into tiles of TILE x TILE pixels (one tile for most faces).
     tx = (j1 - j0 + TILE).clamp_min(0) // TILE
     n = tx * ((i1 - i0 + TILE).clamp_min(0) // TILE) * visible
-    active = n.nonzero().squeeze(1)
+    active = _nonzero(n)
     n, tx = n.index_select(0, active), tx.index_select(0, active)
     f = torch.repeat_interleave(n)
     q = torch.arange(len(f), device=dev) - (torch.cumsum(n, 0) - n).index_select(0, f)
@@ -233,7 +242,7 @@ def _select(
     candidate = inside & ~soft_t
     # Faces with a silhouette edge: also the pixels outside within r of such an edge, hence within r of the
     # face's three edge lines and of that edge's line (signed distances to the lines: w times the altitude).
-    st = soft_t.nonzero().squeeze(1)
+    st = _nonzero(soft_t)
     if r > 0 and len(st):
         bs = bf.index_select(0, st)
         x0, y0, x1, y1, x2, y2 = torch.cat([table[:2], far]).index_select(1, bs)
@@ -253,7 +262,7 @@ def _select(
     else:
         candidate[:, st] = inside.index_select(1, st)
 
-    c = candidate.T.contiguous().view(-1).nonzero().squeeze(1)  # in face order
+    c = _nonzero(candidate.T.contiguous().view(-1))  # in face order
     tile = torch.div(c, TILE * TILE, rounding_mode="floor")
     cell = c - tile * (TILE * TILE)
     pix = ((bf // F) * (H * W) + ti * W + tj).index_select(0, tile) + (oy * W + ox).view(-1).index_select(0, cell)
@@ -265,12 +274,12 @@ def _select(
     if depth_cutoff is not None and len(z):
         # Hidden: more than depth_cutoff behind a slot of a face without silhouette edges (opaque) in its
         # pixel. That is all that lies behind some depth, so the rest are still the front-most.
-        opaque = (keep & hard).nonzero().squeeze(1)
+        opaque = _nonzero(keep & hard)
         front = z.new_full((B * H * W,), -torch.inf)
         front.scatter_reduce_(0, pix.index_select(0, opaque), z.index_select(0, opaque), "amax")
         floor = front.index_select(0, pix) - depth_cutoff
     # Outside a face near its silhouette edges: exact distances, and depths clamped to the face.
-    s = (~keep).nonzero().squeeze(1)
+    s = _nonzero(~keep)
     if floor is not None:  # (a depth within the face cannot exceed its vertices')
         zf = table[Z0:].index_select(1, bf.index_select(0, s)).amax(0)
         s = s[zf >= floor.index_select(0, s)]
@@ -281,14 +290,14 @@ def _select(
     z = z.index_put((s,), z_s)
     if floor is not None:
         keep &= z >= floor
-    kept = keep.nonzero().squeeze(1)
+    kept = _nonzero(keep)
     pix, bf, z = pix.index_select(0, kept), bf.index_select(0, kept), z.index_select(0, kept)
 
     # Pixels with more than one slot: one sort on (pixel, depth) ranks them front to back (the bits of a
     # float32 as an integer that keeps the order; equal depths in face order); the first K stay.
     count = torch.zeros(B * H * W, dtype=torch.int32, device=dev)
     count.index_add_(0, pix, torch.ones_like(pix, dtype=torch.int32))
-    shared = (count.index_select(0, pix) > 1).nonzero().squeeze(1)
+    shared = _nonzero(count.index_select(0, pix) > 1)
     zbits = (-z.index_select(0, shared)).to(torch.float32).view(torch.int32).long()
     zbits = torch.where(zbits < 0, zbits ^ 0x7FFFFFFF, zbits) + 2**31
     shared = shared.index_select(0, torch.argsort(pix.index_select(0, shared) * 2**32 + zbits, stable=True))
@@ -297,18 +306,47 @@ def _select(
     first = torch.ones_like(p, dtype=torch.bool)
     first[1:] = p[1:] != p[:-1]
     rank = torch.zeros_like(pix).index_put_((shared,), pos - torch.where(first, pos, 0).cummax(0).values)
-    sel = (rank < K).nonzero().squeeze(1)
+    sel = _nonzero(rank < K)
     return pix.index_select(0, sel), bf.index_select(0, sel), rank.index_select(0, sel)
 
 
-def _soft_edges(area: torch.Tensor, visible: torch.Tensor, faces: torch.Tensor, n_verts: int) -> torch.Tensor:
-    """(B, F) doubled signed areas and visibility -> (B * F, 3) silhouette-edge flags (v0v1, v1v2, v2v0): the
-    edge is on the mesh boundary, or its neighbour is culled or faces the other way."""
-    nbr = _edge_neighbours(faces, n_verts)  # F, 3
+def _soft_edges(area: torch.Tensor, visible: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """(B, F) doubled signed areas and visibility, (F, 3) edge neighbours -> (B * F, 3) silhouette-edge flags
+    (v0v1, v1v2, v2v0): the edge is on the mesh boundary, or its neighbour is culled or faces the other way."""
     across = nbr.clamp_min(0).view(-1)
     nbr_vis = visible.index_select(1, across).view(*area.shape, 3) & (nbr >= 0)
     nbr_flip = (area < 0).index_select(1, across).view(*area.shape, 3) != (area < 0)[..., None]
     return (~nbr_vis | nbr_flip).view(-1, 3)
+
+
+_MESHES: dict[tuple[int, bytes], tuple[torch.Tensor, bool]] = {}  # a few meshes' edge neighbours, by their faces
+_MESHES_KEPT = 4
+
+
+def _mesh_neighbours(faces: torch.Tensor, n_verts: int) -> tuple[torch.Tensor, bool]:
+    """_edge_neighbours(faces, n_verts) of a whole mesh, remembered for the last few meshes on the CPU (a corpus
+    renders the same faces thousands of times, a few frames a call)."""
+    key = (n_verts, faces.numpy().tobytes()) if faces.device.type == "cpu" else None
+    if key in _MESHES:
+        return _MESHES[key]
+    out = _edge_neighbours(faces, n_verts)
+    if key is not None:
+        if len(_MESHES) >= _MESHES_KEPT:
+            del _MESHES[next(iter(_MESHES))]
+        _MESHES[key] = out
+    return out
+
+
+def _subset_neighbours(faces: torch.Tensor, subset: torch.Tensor, n_verts: int) -> torch.Tensor:
+    """_edge_neighbours(faces[subset]) (subset: increasing face ids), from the whole mesh's when every edge has
+    at most two faces (then an edge pairs two faces of the subset exactly when it pairs them in the mesh)."""
+    nbr, manifold = _mesh_neighbours(faces, n_verts)
+    if not manifold:
+        return _edge_neighbours(faces.index_select(0, subset), n_verts)[0]
+    position = torch.full((len(faces) + 1,), -1, dtype=torch.long, device=faces.device)  # last: no neighbour
+    position[subset] = torch.arange(len(subset), device=faces.device)
+    across = nbr.index_select(0, subset).view(-1)
+    return position.index_select(0, across.masked_fill(across < 0, len(faces))).view(-1, 3)
 
 
 def rasterize(
@@ -326,12 +364,13 @@ def rasterize(
     H, W = settings.hw
     # Faces that stay well outside the image in every frame take no part (their edges cannot soften it).
     near = _near_window(verts_screen.detach(), faces, settings)
+    nbr = _subset_neighbours(faces, near, V)
     faces = faces[near]
     grad = torch.is_grad_enabled() and verts_screen.requires_grad
     table, far, area = _face_table(verts_screen if grad else verts_screen.detach(), faces)
     with torch.no_grad():
         visible = area < 0 if settings.cull_backfaces else area != 0
-        soft = _soft_edges(area.view(B, -1), visible.view(B, -1), faces, V)
+        soft = _soft_edges(area.view(B, -1), visible.view(B, -1), nbr)
         # a few frames at a time: the candidates' arrays then stay in the CPU's caches
         parts = []
         for b in range(0, B, GROUP):
@@ -359,4 +398,4 @@ def _near_window(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSetti
         lo = torch.minimum(torch.minimum(corners[0], corners[1]), corners[2])
         hi = torch.maximum(torch.maximum(corners[0], corners[1]), corners[2])
         inside &= (hi >= -m) & (lo <= size + m)
-    return inside.any(0).nonzero().squeeze(1)
+    return _nonzero(inside.any(0))
