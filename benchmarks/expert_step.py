@@ -8,7 +8,7 @@ params.yaml sizes, fresh weights (weights do not change the cost). The two versi
 process, so the machine's load drifts through both alike; medians over `--repeats` after two warm-up steps each.
 `stem_*_s` time the stem alone (forward + backward of its output, on the same batch).
 
-To see both cores busy, as in the `pretrain_expert` stage (expert and judge side by side), run two copies at once.
+To see both cores busy, as when `make reproduce` trains the expert and a judge side by side, run two copies at once.
 
 Usage: python benchmarks/expert_step.py [--threads 1] [--repeats 9] [--seed 0] [--params params.yaml]
 """
