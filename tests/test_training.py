@@ -91,6 +91,7 @@ def tiny_corpus(tmp_path_factory):
 def tiny_params(corpus, out):
     return {
         "seed": 0,
+        "threads": 1,
         "prepare": {"out": str(corpus)},
         "train": {
             "out": str(out),
