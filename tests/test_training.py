@@ -181,6 +181,40 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
     assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight)
 
 
+def test_guide_start_fine_tunes_the_given_folder(tiny_corpus, tmp_path):
+    """guide.start: the guide stage fine-tunes the model folder given (e.g. a converted published checkpoint)
+    instead of the baseline; one whose styles are other subjects than the corpus' is refused, naming both."""
+    from avguide.data.corpus import Corpus
+    from avguide.data.dataset import TalkingFaceDataset
+    from avguide.models.checkpoint import load_checkpoint, save_checkpoint
+    from avguide.models.registry import ANIMATORS
+    from avguide.training.guide import guide_animator
+    from avguide.training.run import train_animator
+
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    train_animator(params, "faceformer", progress=False)
+    start = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
+    with torch.no_grad():
+        start.motion_out.bias.add_(0.01)
+    start.cfg.subjects = TalkingFaceDataset(Corpus(tiny_corpus), "train").train_subjects
+    save_checkpoint(start, tmp_path / "converted")
+    params["guide"] = {
+        "start": {"faceformer": str(tmp_path / "converted")},
+        "epochs": 1,
+        "lr": 0.0,  # no step: the result is the starting model
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
+        "weights": {"mse": {"mse": 1.0}},
+    }
+    guide_animator(params, "faceformer", "mse", seed=0, progress=False)
+    tuned = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer-mse-seed0" / "model")
+    assert torch.equal(tuned.motion_out.bias, start.motion_out.bias)
+    start.cfg.subjects = ["x", "y"]
+    save_checkpoint(start, tmp_path / "converted")
+    with pytest.raises(ValueError, match=r"converted: the model's styles are the subjects \['x', 'y'\]"):
+        guide_animator(params, "faceformer", "mse", seed=0, progress=False)
+
+
 @pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
 def test_guidance_from_the_start_trains_as_the_train_stage(tiny_corpus, tmp_path, animator):
     """A `from_start` setting trains the animator from its initialisation on train's schedule (CodeTalker's

@@ -84,6 +84,8 @@ def input_hashes(root: Path) -> dict:
 def run_key(params: dict, run: dict, inputs: dict) -> dict:
     key = {"setting": run["setting"], **{k: params["guide"][k] for k in GUIDE_KEYS}, "threads": params["threads"]}
     key["inputs"] = inputs
+    if params["guide"].get("start", {}).get(run["animator"]):  # fine-tuned from a folder other than the baseline
+        key["start"] = params["guide"]["start"][run["animator"]]
     if run["setting"].get("from_start"):  # trained on train's schedule, not guide's
         t = params["train"]
         key["train"] = {"lr": t["lr"], "max_epochs": t["trainer"]["max_epochs"], run["animator"]: t[run["animator"]]}

@@ -4,16 +4,36 @@ The model's class name is recorded in the safetensors header metadata (`class`),
 folder (the `avguide` command line) knows what to rebuild; config.json stays the config dataclass
 alone. One key only: safetensors writes metadata keys in no fixed order, so two keys would make the
 same weights different bytes. Checkpoints written before the class was recorded still load.
+
+A config field marked `OPTIONAL` (the settings of converted published checkpoints) is written only when it is
+not its default, so a model trained here writes the same config.json as before that field existed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, field, fields
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+
+OPTIONAL = {"optional": True}  # dataclasses.field metadata: config.json holds the field only when it is set
+
+
+def optional(default):
+    """A config field written to config.json only when it is not `default` (see the module's docstring)."""
+    return field(default=default, metadata=OPTIONAL)
+
+
+def config_dict(cfg) -> dict:
+    """`cfg` as config.json holds it: every field but the optional ones that keep their default."""
+    out = asdict(cfg)
+    for f in fields(cfg):
+        if f.metadata.get("optional") and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 def save_checkpoint(model, folder: str | Path) -> Path:
@@ -22,7 +42,7 @@ def save_checkpoint(model, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, folder / "model.safetensors", metadata={"class": type(model).__name__})
-    (folder / "config.json").write_text(json.dumps(asdict(model.cfg), indent=1, default=list) + "\n")
+    (folder / "config.json").write_text(json.dumps(config_dict(model.cfg), indent=1, default=list) + "\n")
     return folder
 
 

@@ -8,7 +8,10 @@ A style embedding of the training subject is the decoder's first input.
 Differences from the public code: batched training with padding (masked loss), a small randomly
 initialised wav2vec 2.0 by default (a local wav2vec2-base-960h with `pretrained_audio`), and inference
 with a key/value cache, so animating T frames costs O(T) decoder steps of O(t) work instead of
-recomputing the whole prefix every frame.
+recomputing the whole prefix every frame. Our audio alignment resamples the encoder's output to the frame
+rate; a converted published checkpoint (avguide.convert.faceformer) sets `audio_align` to the public code's
+for its dataset: "vocaset" resamples the CNN features to the frame rate before the projection and the
+transformer, "biwi" keeps 50 Hz and lets each frame attend to its two audio features.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from avguide.losses import vertex_mse
+from avguide.models.checkpoint import optional
 
 SMALL_WAV2VEC2 = dict(
     hidden_size=64,
@@ -37,6 +41,20 @@ SMALL_WAV2VEC2 = dict(
     mask_time_prob=0.0,
     layerdrop=0.0,
 )
+BASE_WAV2VEC2 = dict(  # wav2vec2-base(-960h): the public FaceFormer's and CodeTalker's encoder
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    conv_dim=(512,) * 7,
+    feat_extract_norm="group",
+    do_stable_layer_norm=False,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    mask_time_prob=0.05,
+    layerdrop=0.0,
+)
+ALIGNMENTS = ("ours", "vocaset", "biwi")  # audio_align: ours, or the public code's for that dataset
 HF_META = ("architectures", "transformers_version", "model_type", "_name_or_path", "torch_dtype", "dtype")
 
 
@@ -55,6 +73,8 @@ class FaceFormerConfig:
     motion_scale: float = 100.0  # offsets are learnt in centimetres for better conditioning; vertices stay in metres
     audio: dict | None = None  # the wav2vec 2.0 shape: None is SMALL_WAV2VEC2, or pretrained_audio's (filled in)
     pretrained_audio: str | None = None  # a local wav2vec 2.0 folder (wav2vec2-base-960h, or pretrain_audio's)
+    audio_align: str = optional("ours")  # ALIGNMENTS: "vocaset" / "biwi" as the public code (converted models)
+    subjects: list | None = optional(None)  # the styles' names in order (converted models; else the corpus')
 
 
 def load_wav2vec2(folder: str | Path) -> Wav2Vec2Model:
@@ -115,9 +135,13 @@ def biased_causal_mask(n_heads: int, n: int, period: int, first_row: int = 0) ->
     return bias.masked_fill((j > i)[None], float("-inf"))
 
 
-def alignment_bias(t: int, s: int, device=None) -> torch.Tensor:
-    """(t, s) additive cross-attention mask: frame i attends to audio feature i only."""
-    return torch.full((t, s), float("-inf"), device=device).fill_diagonal_(0.0)
+def alignment_bias(t: int, s: int, device=None, per_frame: int = 1) -> torch.Tensor:
+    """(t, s) additive cross-attention mask: frame i attends to audio features per_frame·i .. per_frame·i +
+    per_frame - 1 only (one feature per frame; two for the public code's BIWI models)."""
+    frame = torch.arange(t, device=device)[:, None]
+    feature = torch.arange(s, device=device)[None]
+    allowed = (feature >= per_frame * frame) & (feature < per_frame * (frame + 1))
+    return torch.zeros(t, s, device=device).masked_fill(~allowed, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -167,21 +191,24 @@ class DecoderLayer(nn.Module):
 
 class AudioEncoder(nn.Module):
     """wav2vec 2.0 (a small random one, or a pretrained one from a local folder) -> (B, T, dim) features
-    linearly resampled to each item's number of motion frames, as FaceFormer does.
+    linearly resampled to each item's number of motion frames; with `align` "vocaset" or "biwi", the public
+    code's alignment for that dataset instead (`official`): (B, T, dim), or (B, 2T, dim) for "biwi".
 
     `pretrained` is read only when `shape` is None, i.e. when a model is first built; its shape is then
     `self.shape`, which the animator writes into its config, so a saved animator rebuilds without the folder."""
 
-    def __init__(self, shape: dict | None, pretrained: str | None, dim: int, max_frames: int):
+    def __init__(self, shape: dict | None, pretrained: str | None, dim: int, max_frames: int, align: str = "ours"):
         super().__init__()
-        self.max_frames = max_frames
+        if align not in ALIGNMENTS:
+            raise ValueError(f"audio_align {align!r}: expected one of {ALIGNMENTS}")
+        self.max_frames, self.align = max_frames, align
         if pretrained and shape is None:
             self.wav2vec2 = load_wav2vec2(pretrained).train()  # from_pretrained returns eval mode; the owner decides
             self.shape = {k: v for k, v in self.wav2vec2.config.to_diff_dict().items() if k not in HF_META}
         else:
             self.shape = dict(shape or SMALL_WAV2VEC2)
             self.wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(**self.shape))
-        self.pretrained = bool(pretrained)
+        self.pretrained = bool(pretrained) or align != "ours"  # a converted model's encoder is wav2vec2-base-960h
         self.wav2vec2.config.layerdrop = 0.0  # a layer skipped at random has no gradient on that rank: DDP fails
         self.map = nn.Linear(self.wav2vec2.config.hidden_size, dim)
         self.requires_grad_(True)
@@ -201,6 +228,8 @@ class AudioEncoder(nn.Module):
             raise ValueError(
                 f"{int(n_frames.max())} frames is more than max_frames={self.max_frames}; animate long audio in chunks"
             )
+        if self.align != "ours":
+            return self.map(self.official(audio, audio_lengths, n_frames))
         mask = (torch.arange(audio.shape[1], device=audio.device)[None] < audio_lengths[:, None]).long()
         hidden = self.wav2vec2(normalize_audio(audio, mask), attention_mask=mask).last_hidden_state  # 50 Hz
         valid = self.wav2vec2._get_feat_extract_output_lengths(audio_lengths)
@@ -211,6 +240,25 @@ class AudioEncoder(nn.Module):
                 0
             ].T
         return self.map(out)
+
+    def official(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """The public code's alignment, item by item (its encoder reads one unpadded waveform: with group norm in
+        the CNN, padding would change the features). "vocaset": the CNN's 50 Hz features linearly resampled to
+        the frame count, then the projection and the transformer. "biwi": the 50 Hz features cut to 2 per frame
+        (the public code drops an odd last one and any beyond 2·frames; where fewer, the last is repeated)."""
+        w, per = self.wav2vec2, 2 if self.align == "biwi" else 1
+        out = audio.new_zeros(len(audio), per * int(n_frames.max()), w.config.hidden_size)
+        for b in range(len(audio)):
+            x = audio[b : b + 1, : int(audio_lengths[b])]
+            feats, n = w.feature_extractor(normalize_audio(x, torch.ones_like(x))), int(n_frames[b])  # (1, C, S)
+            if self.align == "vocaset":
+                feats = F.interpolate(feats, size=n, mode="linear", align_corners=True)
+            else:
+                feats = feats[..., : feats.shape[-1] // 2 * 2][..., : 2 * n]
+                feats = F.pad(feats, (0, 2 * n - feats.shape[-1]), mode="replicate") if feats.shape[-1] < 2 * n else feats
+            hidden = w._mask_hidden_states(w.feature_projection(feats.transpose(1, 2))[0])  # SpecAugment in training
+            out[b, : per * n] = w.encoder(hidden).last_hidden_state[0]
+        return out
 
 
 def check_styles(subject_ids: torch.Tensor, n_subjects: int) -> torch.Tensor:
@@ -226,7 +274,8 @@ class FaceFormer(nn.Module):
     def __init__(self, cfg: FaceFormerConfig):
         super().__init__()
         d = cfg.feature_dim
-        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames, cfg.audio_align)
+        self.per_frame = 2 if cfg.audio_align == "biwi" else 1  # audio features per frame
         self.cfg = replace(cfg, audio=self.audio_encoder.shape)
         self.motion_map = nn.Linear(3 * cfg.n_vertices, d)
         self.style = nn.Embedding(cfg.n_subjects, d)
@@ -245,7 +294,7 @@ class FaceFormer(nn.Module):
         t = inputs.shape[1]
         x = inputs + self.ppe[:t]
         self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
-        cross_bias = alignment_bias(t, memory.shape[1], inputs.device)
+        cross_bias = alignment_bias(t, memory.shape[1], inputs.device, self.per_frame)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_bias, cross_bias, index=i)
         return x
@@ -259,15 +308,16 @@ class FaceFormer(nn.Module):
         memory = self.audio_encoder(audio, audio_lengths, n_frames)
         style = self.style_of(subject_ids)[:, None]
         motion = (vertices - templates[:, None]).flatten(2) * self.cfg.motion_scale
-        inputs = torch.cat([style, self.motion_map(motion[:, :-1]) + style], 1)
+        first = style + self.motion_map.bias if self.cfg.audio_align != "ours" else style  # public: map(0) + style
+        inputs = torch.cat([first, self.motion_map(motion[:, :-1]) + style], 1)
         offsets = self.motion_out(self.decode(inputs, memory)) / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
     def rollout(self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
         """Autoregressive decoding, each frame fed the model's own previous output: (B, T, V*3) offsets
         (scaled). Differentiable, so training can use it as FaceFormer does (no exposure bias)."""
-        t_max = memory.shape[1]
-        cross_bias = alignment_bias(t_max, t_max, memory.device)
+        t_max = memory.shape[1] // self.per_frame
+        cross_bias = alignment_bias(t_max, memory.shape[1], memory.device, self.per_frame)
         cache: dict | None = {} if use_cache else None
         inputs, outputs = style, []
         for t in range(t_max):

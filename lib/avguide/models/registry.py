@@ -31,9 +31,13 @@ class CheckpointError(ValueError):
 
 def _guess_class(folder: Path) -> str:
     """For a checkpoint written before classes were recorded: the one animator whose config dataclass has
-    exactly the keys of config.json (save_checkpoint writes every field)."""
+    the keys of config.json (save_checkpoint writes every field but the optional ones left at their default)."""
     keys = set(json.loads((folder / "config.json").read_text()))
-    matches = [name for name, (_, cfg_cls) in BY_CLASS.items() if keys == {f.name for f in fields(cfg_cls)}]
+    matches = [
+        name
+        for name, (_, cfg_cls) in BY_CLASS.items()
+        if {f.name for f in fields(cfg_cls) if not f.metadata.get("optional")} <= keys <= {f.name for f in fields(cfg_cls)}
+    ]
     if len(matches) != 1:
         raise CheckpointError(
             f"{folder / 'model.safetensors'}: the checkpoint does not record its class and "

@@ -33,7 +33,7 @@ from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig
 from avguide.models.checkpoint import load_checkpoint
 from avguide.models.expert import Expert, ExpertConfig, load_expert, save_reader
-from avguide.models.registry import ANIMATORS
+from avguide.models.registry import ANIMATORS, load_animator
 from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
 from avguide.scoring import score
@@ -167,7 +167,8 @@ def loss_term(setting: LossSetting, params: dict, corpus: Corpus, seed: int):
 def guide_animator(
     params: dict, animator: str, loss: str, seed: int, progress: bool = True, out: Path | None = None
 ) -> dict:
-    """Stage 2: fine-tune the baseline `animator` (train.out/<animator>) with loss setting `loss` (guide.weights)
+    """Stage 2: fine-tune the baseline `animator` (train.out/<animator>, or guide.start's folder for it, e.g. a
+    converted published checkpoint) with loss setting `loss` (guide.weights)
     and `seed` (with `from_start`: train it from its initialisation on train's schedule, λ calibrated on the
     baseline all the same); write `out` (default train.out/<animator>-<loss>-seed<seed>/): model/, dvclive/,
     metrics.json (LVE, MVE, FDD, static bound, and λ with its calibration)."""
@@ -178,13 +179,21 @@ def guide_animator(
     root = project_root()
     pl.seed_everything(seed, workers=True)
     corpus = Corpus(root / params["prepare"]["out"])
-    model = load_checkpoint(*ANIMATORS[animator], root / cfg["out"] / animator / "model")
+    folder = Path(g["start"][animator]) if g.get("start", {}).get(animator) else root / cfg["out"] / animator / "model"
+    model = load_animator(folder).train()
+    if not isinstance(model, ANIMATORS[animator][0]):
+        raise ValueError(f"{folder}: holds a {type(model).__name__}, not a {animator} (guide.start.{animator})")
     if hasattr(model, "set_stage"):
         model.set_stage(model.stages[-1])
     setting = LossSetting(**g["weights"][loss])
     term = loss_term(setting, params, corpus, seed)
     basis = MotionBasis.of_offsets(training_offsets(corpus, seed=seed), setting.basis) if setting.basis else None
     train = TalkingFaceDataset(corpus, "train", cache=True)
+    if getattr(model.cfg, "subjects", None) and list(model.cfg.subjects) != train.train_subjects:
+        raise ValueError(
+            f"{folder}: the model's styles are the subjects {model.cfg.subjects}; the corpus' training subjects are "
+            f"{train.train_subjects}"
+        )
     datasets = (train, TalkingFaceDataset(corpus, "val", cache=True))
     out = out or root / cfg["out"] / run_name(animator, loss, seed)
     metrics = {}
