@@ -32,7 +32,7 @@ reproduce: setup
 
 # The loss-setting study on the default pipeline's models (avguide.study): resumable; results/study/ is kept in git.
 study: reproduce
-	$(RUN) $(BIN)/python -m avguide.study
+	$(RUN) $(BIN)/python -m avguide.study --lanes $(LANES)
 
 test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider

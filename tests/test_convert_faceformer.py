@@ -37,8 +37,10 @@ class PPE(nn.Module):
     def __init__(self, d, period, max_len=600):
         super().__init__()
         pe = torch.tensor(
-            [[(math.sin if i % 2 == 0 else math.cos)(p / 10000 ** ((i - i % 2) / d)) for i in range(d)]
-             for p in range(period)]
+            [
+                [(math.sin if i % 2 == 0 else math.cos)(p / 10000 ** ((i - i % 2) / d)) for i in range(d)]
+                for p in range(period)
+            ]
         )
         self.register_buffer("pe", pe.repeat(max_len // period + 1, 1)[None])
 
@@ -90,7 +92,7 @@ class Reference(nn.Module):
         frames = h.shape[1] // 2 if self.dataset == "biwi" else h.shape[1]
         style = self.obj_vector(one_hot)[:, None]
         emb = style
-        for i in range(frames):
+        for _ in range(frames):
             x = emb + self.PPE.pe[:, : emb.shape[1]]
             t = x.shape[1]
             out = self.transformer_decoder(x, h, tgt_mask=self.self_mask(t), memory_mask=self.cross_mask(t, h.shape[1]))
@@ -192,8 +194,9 @@ def test_avguide_convert_faceformer_command(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = FaceFormerConfig(n_vertices=5023, n_subjects=8, fps=30, period=30, audio=BASE_WAV2VEC2)
     torch.save(official_state_dict(FaceFormer(cfg)), tmp_path / "vocaset.pth")
-    assert main(["convert", "faceformer", str(tmp_path / "vocaset.pth"), "--dataset", "vocaset", "--out", str(tmp_path / "m")]) == 0
+    command = ["convert", "faceformer", str(tmp_path / "vocaset.pth"), "--out"]
+    assert main([*command, str(tmp_path / "m"), "--dataset", "vocaset"]) == 0
     model = load_animator(tmp_path / "m")
     assert model.cfg.subjects[0] == "FaceTalk_170725_00137_TA" and model.cfg.audio["hidden_size"] == 768
-    assert main(["convert", "faceformer", str(tmp_path / "vocaset.pth"), "--dataset", "biwi", "--out", str(tmp_path / "b")]) == 1
+    assert main([*command, str(tmp_path / "b"), "--dataset", "biwi"]) == 1
     assert "8 training subjects; 6 subject names" in capsys.readouterr().err

@@ -18,7 +18,10 @@ difference of each metric with its 95 % bootstrap interval over test utterances 
 diagnostics.png, and the study block of the README. The bounds (ground truth, static template, oracle) are
 scored once, into study.out/runs/<bound>/.
 
-    python -m avguide.study [--only faceformer-critic] [--force] [--summary-only]
+`--lanes N` trains and scores N runs at a time, each in its own process with params' `threads` (the figures do not
+depend on N; `make study` passes the Makefile's LANES, 2), the runs trained from the start first.
+
+    python -m avguide.study [--lanes 2] [--only faceformer-critic] [--force] [--summary-only]
 """
 
 from __future__ import annotations
@@ -225,12 +228,31 @@ def summarize(params: dict) -> dict:
     return summary
 
 
+_worker: dict = {}  # a lane's own params, scorer and inputs (--lanes > 1)
+
+
+def _start_worker(params: dict, inputs: dict) -> None:
+    set_threads(params)
+    _worker.update(params=params, inputs=inputs, scorer=TestScorer(params, progress=False))
+
+
+def _run_in_worker(run: dict) -> tuple[dict, dict]:
+    params = _worker["params"]
+    return run, run_one(params, run, run_key(params, run, _worker["inputs"]), _worker["scorer"])
+
+
+def report(k: int, n: int, run: dict, result: dict) -> None:
+    lve, cer, minutes = result["LVE"] * 1e6, 100 * result["CER"], result["run_s"] / 60
+    print(f"[{k}/{n}] {run['name']}: LVE {lve:.2f} mm², CER {cer:.1f} % ({minutes:.1f} min)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avguide.study", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--only", default=None, help="comma-separated run names or prefixes (e.g. faceformer-critic)")
     parser.add_argument("--force", action="store_true", help="run again even what is done")
     parser.add_argument("--summary-only", action="store_true", help="only the summary of the runs done so far")
+    parser.add_argument("--lanes", type=int, default=1, help="runs at a time, each in its own process")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     set_threads(params)
@@ -244,20 +266,25 @@ def main(argv: list[str] | None = None) -> int:
         if not all(done(root / params["study"]["out"] / "runs" / b, {"inputs": inputs}) for b in BOUNDS[:2]):
             scorer = TestScorer(params, progress=False)
             score_bounds(params, scorer, inputs)
-        for k, run in enumerate(runs):
-            key = run_key(params, run, inputs)
-            run_dir = root / params["study"]["out"] / "runs" / run["name"]
-            if done(run_dir, key) and not args.force:
-                print(f"[{k + 1}/{len(runs)}] {run['name']}: done", flush=True)
-                continue
-            scorer = scorer or TestScorer(params, progress=False)
-            result = run_one(params, run, key, scorer)
-            lve, cer = result["LVE"] * 1e6, 100 * result["CER"]
-            minutes = result["run_s"] / 60
-            print(
-                f"[{k + 1}/{len(runs)}] {run['name']}: LVE {lve:.2f} mm², CER {cer:.1f} % ({minutes:.1f} min)",
-                flush=True,
-            )
+        out = root / params["study"]["out"] / "runs"
+        todo = [r for r in runs if args.force or not done(out / r["name"], run_key(params, r, inputs))]
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} to run", flush=True)
+        if args.lanes > 1 and len(todo) > 1:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from multiprocessing import get_context
+
+            todo.sort(key=lambda r: not r["setting"].get("from_start"))  # the longest first: the lanes end together
+            context, lanes = get_context("spawn"), min(args.lanes, len(todo))
+            with ProcessPoolExecutor(
+                lanes, mp_context=context, initializer=_start_worker, initargs=(params, inputs)
+            ) as pool:
+                futures = [pool.submit(_run_in_worker, run) for run in todo]
+                for k, future in enumerate(as_completed(futures)):
+                    report(k + 1, len(todo), *future.result())
+        else:
+            for k, run in enumerate(todo):
+                scorer = scorer or TestScorer(params, progress=False)
+                report(k + 1, len(todo), run, run_one(params, run, run_key(params, run, inputs), scorer))
     summarize(params)
     return 0
 

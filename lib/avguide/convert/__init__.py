@@ -51,7 +51,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or one holding more than tensors
-        raise ConversionError(f"{path}: not a checkpoint torch.load can read safely ({type(e).__name__}: {e})") from None
+        raise ConversionError(
+            f"{path}: not a checkpoint torch.load can read safely ({type(e).__name__}: {e})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -64,8 +66,11 @@ def check_keys(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path: s
     """Every key of `shapes` in `state` with that shape, and no other key (but those starting with `ignore`)."""
     missing = sorted(set(shapes) - set(state))
     unexpected = sorted(k for k in set(state) - set(shapes) if not k.startswith(tuple(ignore)))
-    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(shapes[k])})" for k in sorted(set(shapes) & set(state))
-                 if tuple(state[k].shape) != tuple(shapes[k])]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(shapes[k])})"
+        for k in sorted(set(shapes) & set(state))
+        if tuple(state[k].shape) != tuple(shapes[k])
+    ]
     problems = [
         f"{len(found)} {what}: {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
         for what, found in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))

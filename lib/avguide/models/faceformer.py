@@ -255,7 +255,9 @@ class AudioEncoder(nn.Module):
                 feats = F.interpolate(feats, size=n, mode="linear", align_corners=True)
             else:
                 feats = feats[..., : feats.shape[-1] // 2 * 2][..., : 2 * n]
-                feats = F.pad(feats, (0, 2 * n - feats.shape[-1]), mode="replicate") if feats.shape[-1] < 2 * n else feats
+                feats = (
+                    F.pad(feats, (0, 2 * n - feats.shape[-1]), mode="replicate") if feats.shape[-1] < 2 * n else feats
+                )
             hidden = w._mask_hidden_states(w.feature_projection(feats.transpose(1, 2))[0])  # SpecAugment in training
             out[b, : per * n] = w.encoder(hidden).last_hidden_state[0]
         return out
