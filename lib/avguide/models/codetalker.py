@@ -12,6 +12,13 @@ Differences from the public code: batched training with padding masks; the VQ de
 depends on the codes of frames <= t), so inference decodes each frame once with key/value caches, linear
 in length, where the public code re-decodes the whole prefix every frame; a small random wav2vec 2.0 by
 default (a local wav2vec2-base-960h with `pretrained_audio`).
+
+`vq_arch = "official"` (converted published checkpoints, avguide.convert.codetalker; inference only) builds the
+public model instead: its VQ-VAE (avguide.models.codetalker_official, `vq_variant` "vocaset" or "biwi"), a
+bias-free `feat_map`, the public audio alignment (`audio_align`) and the public prediction loop (official_rollout):
+each frame the predictor's feature is quantised with those of the frames before, the whole prefix is decoded
+(non-causally) and the last decoded frame is fed back; at the end the whole code sequence is decoded once more,
+and that is the output.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avguide.losses import vertex_mse
+from avguide.models import codetalker_official as official
+from avguide.models.checkpoint import optional
 from avguide.models.faceformer import (
     Attention,
     AudioEncoder,
@@ -55,6 +65,13 @@ class CodeTalkerConfig:
     motion_scale: float = 100.0  # offsets are learnt in centimetres; vertices stay in metres
     audio: dict | None = None  # as FaceFormerConfig
     pretrained_audio: str | None = None
+    # converted published checkpoints only (written to config.json only when set):
+    vq_arch: str = optional("ours")  # "official": the public VQ-VAE, feature map and prediction loop
+    vq_variant: str | None = optional(None)  # with "official": stage1_vocaset or stage1_BIWI ("vocaset" | "biwi")
+    vq_heads: int = optional(8)  # the official VQ-VAE's attention heads (ours uses n_heads)
+    vq_ff: int = optional(1536)  # the official VQ-VAE's MLP width (the public intermediate_size)
+    audio_align: str = optional("ours")  # as FaceFormerConfig: "vocaset" / "biwi" as the public code
+    subjects: list | None = optional(None)  # the styles' names in one-hot order (converted models)
 
 
 class SelfLayer(nn.Module):
@@ -106,23 +123,37 @@ class CodeTalker(nn.Module):
             raise ValueError(f"vq_dim={cfg.vq_dim} must be a multiple of codes_per_frame={cfg.codes_per_frame}")
         self.stage = 2  # which loss `loss` computes; a trained model predicts with both stages
         v3, h, d = 3 * cfg.n_vertices, cfg.vq_dim, cfg.feature_dim
+        self.official = cfg.vq_arch == "official"
+        if cfg.vq_arch not in ("ours", "official") or self.official and cfg.vq_variant not in ("vocaset", "biwi"):
+            raise ValueError(
+                f"vq_arch={cfg.vq_arch!r}, vq_variant={cfg.vq_variant!r}: expected 'ours', or 'official' "
+                "with vq_variant 'vocaset' or 'biwi'"
+            )
         # stage 1: the VQ-VAE
-        self.vq_in = nn.Sequential(nn.Linear(v3, h), nn.LeakyReLU(0.2))
-        self.vq_encoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
-        self.quantizer = Quantizer(cfg.n_codes, h // cfg.codes_per_frame)
-        self.vq_decoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
-        self.vq_out = nn.Linear(h, v3)
+        if self.official:
+            args = (v3, h, cfg.vq_layers, cfg.vq_heads, cfg.vq_ff, cfg.vq_variant == "biwi")
+            self.vq_encoder = official.Encoder(*args)
+            self.quantizer = Quantizer(cfg.n_codes, h // cfg.codes_per_frame)
+            self.vq_decoder = official.Decoder(*args)
+        else:
+            self.vq_in = nn.Sequential(nn.Linear(v3, h), nn.LeakyReLU(0.2))
+            self.vq_encoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
+            self.quantizer = Quantizer(cfg.n_codes, h // cfg.codes_per_frame)
+            self.vq_decoder = nn.ModuleList(SelfLayer(h, cfg.n_heads) for _ in range(cfg.vq_layers))
+            self.vq_out = nn.Linear(h, v3)
         # stage 2: the audio-conditioned code predictor
-        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames)
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.pretrained_audio, d, cfg.max_frames, cfg.audio_align)
+        self.per_frame = 2 if cfg.audio_align == "biwi" else 1  # audio features per frame
         self.cfg = cfg = replace(cfg, audio=self.audio_encoder.shape)
         self.motion_map = nn.Linear(v3, d)
         self.style = nn.Embedding(cfg.n_subjects, d)
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
-        self.feat_map = nn.Linear(d, h)
+        self.feat_map = nn.Linear(d, h, bias=not self.official)
         self.register_buffer("ppe", periodic_positional_encoding(cfg.max_frames, d, cfg.period), persistent=False)
 
     def vq_modules(self) -> list[nn.Module]:
-        return [self.vq_in, self.vq_encoder, self.quantizer, self.vq_decoder, self.vq_out]
+        names = ("vq_in", "vq_encoder", "quantizer", "vq_decoder", "vq_out")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
 
     def set_stage(self, stage: int) -> None:
         """Select the loss and the trainable parameters: stage 1 the VQ-VAE only, stage 2 all but the VQ-VAE
@@ -155,6 +186,7 @@ class CodeTalker(nn.Module):
 
     def vq_loss(self, batch: dict) -> torch.Tensor:
         """Stage 1: motion reconstruction + codebook + beta * commitment, over the real frames."""
+        self.check_trainable()
         motion = self.scaled_offsets(batch)
         mask = batch["frame_mask"].to(motion.dtype)
         z = self.encode_motion(motion, batch["frame_mask"])
@@ -176,10 +208,22 @@ class CodeTalker(nn.Module):
         t = inputs.shape[1]
         x = inputs + self.ppe[:t]
         self_bias = biased_causal_mask(self.cfg.n_heads, t, self.cfg.period).to(inputs.device)
-        cross_bias = alignment_bias(t, memory.shape[1], inputs.device)
+        cross_bias = alignment_bias(t, memory.shape[1], inputs.device, self.per_frame)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_bias, cross_bias, index=i)
         return self.feat_map(x).view(*x.shape[:2], self.cfg.codes_per_frame, -1)
+
+    def next_feature(self, inputs, memory, cross_bias, cache: dict | None) -> torch.Tensor:
+        """The (B, 1, codes_per_frame, code_dim) feature of the frame after `inputs` (B, t + 1, d): with a cache
+        only the newest input goes through the predictor, without it the whole prefix again (the public loop)."""
+        if cache is None:
+            return self.features(inputs, memory)[:, -1:].clone()
+        t = inputs.shape[1] - 1
+        x = inputs[:, -1:] + self.ppe[t]
+        self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(memory.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, self_bias, cross_bias[t : t + 1], cache, i)
+        return self.feat_map(x).view(x.shape[0], 1, self.cfg.codes_per_frame, -1)
 
     def rollout(
         self, memory: torch.Tensor, style: torch.Tensor, use_cache: bool = True
@@ -187,20 +231,15 @@ class CodeTalker(nn.Module):
         """Autoregressive decoding fed the model's own output: (B, T, V*3) scaled offsets and the
         (B, T, codes_per_frame, code_dim) predicted features. With the cache each frame goes once through
         the predictor and once through the VQ decoder; without, the whole prefix again every frame."""
-        t_max = memory.shape[1]
-        cross_bias = alignment_bias(t_max, t_max, memory.device)
+        t_max = memory.shape[1] // self.per_frame
+        cross_bias = alignment_bias(t_max, memory.shape[1], memory.device, self.per_frame)
         cache: dict | None = {} if use_cache else None
         inputs, offsets, feats = style, [], []
         for t in range(t_max):
+            feat = self.next_feature(inputs, memory, cross_bias, cache)
             if use_cache:
-                x = inputs[:, -1:] + self.ppe[t]
-                self_bias = biased_causal_mask(self.cfg.n_heads, t + 1, self.cfg.period, first_row=t).to(memory.device)
-                for i, layer in enumerate(self.layers):
-                    x = layer(x, memory, self_bias, cross_bias[t : t + 1], cache, i)
-                feat = self.feat_map(x).view(x.shape[0], 1, self.cfg.codes_per_frame, -1)
                 offset = self.decode_codes(self.quantizer(feat)[0], cache, first=t)
             else:  # the public code's loop
-                feat = self.features(inputs, memory)[:, -1:].clone()
                 feats_so_far = torch.cat([*feats, feat], 1)
                 offset = self.decode_codes(self.quantizer(feats_so_far)[0])[:, -1:].clone()  # not a view of the prefix
             feats.append(feat)
@@ -208,10 +247,37 @@ class CodeTalker(nn.Module):
             inputs = torch.cat([inputs, self.motion_map(offset) + style], 1)
         return torch.cat(offsets, 1), torch.cat(feats, 1)
 
+    def official_rollout(
+        self, memory: torch.Tensor, style: torch.Tensor, n: int, use_cache: bool = True
+    ) -> torch.Tensor:
+        """The public predict loop for one item (memory (1, S, d), style (1, 1, d)) -> (1, n, V*3) offsets in metres.
+        Frame t's predictor feature is quantised together with those of frames < t, the whole prefix is decoded
+        (frame 0 as a sequence of two equal frames, as the public code) and its last frame, mapped by motion_map plus
+        the style, is the next input; the output is the decoding of all n frames' codes at the end (so frame t of the
+        output also depends on the codes after t, which the frame fed back did not see)."""
+        cross_bias = alignment_bias(n, memory.shape[1], memory.device, self.per_frame)
+        cache: dict | None = {} if use_cache else None
+        inputs, feats = style, []
+        for t in range(n):
+            feats.append(self.next_feature(inputs, memory, cross_bias, cache))
+            if t < n - 1:
+                codes = self.quantizer(torch.cat(feats, 1))[0]
+                last = self.vq_decoder(codes.repeat(1, 2, 1, 1) if t == 0 else codes)[:, t : t + 1]
+                inputs = torch.cat([inputs, self.motion_map(last) + style], 1)
+        return self.vq_decoder(self.quantizer(torch.cat(feats, 1))[0])
+
+    def check_trainable(self) -> None:
+        if self.official:
+            raise NotImplementedError(
+                "a converted public CodeTalker (vq_arch 'official') predicts only; "
+                "train a CodeTalker with vq_arch 'ours'"
+            )
+
     def training_prediction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2 on a collated batch: the differentiable (B, T, V, 3) prediction (teacher-forced as the
         public code, or the model's own rollout) and the auxiliary loss, reg_weight * MSE (m²-scaled) of the
         predicted features against the fixed quantised latents of the ground truth, over the real frames."""
+        self.check_trainable()
         motion = self.scaled_offsets(batch)
         memory = self.audio_encoder(batch["audio"], batch["audio_lengths"], batch["n_frames"])
         style = self.style(check_styles(batch["subject_ids"], self.cfg.n_subjects))[:, None]
@@ -243,7 +309,22 @@ class CodeTalker(nn.Module):
         are padding."""
         memory = self.audio_encoder(audio, audio_lengths, n_frames)
         style = self.style(check_styles(subject_ids, self.cfg.n_subjects))[:, None]
-        offsets = self.rollout(memory, style, use_cache)[0] / self.cfg.motion_scale
+        if self.official:  # item by item, as the public code (its decoder is not causal: padding would leak in)
+            t_max = int(n_frames.max())
+            offsets = (
+                torch.cat(
+                    [
+                        F.pad(
+                            self.official_rollout(memory[b : b + 1], style[b : b + 1], n, use_cache),
+                            (0, 0, 0, t_max - n),
+                        )
+                        for b, n in enumerate(n_frames.tolist())
+                    ]
+                )
+                / self.cfg.motion_scale
+            )
+        else:
+            offsets = self.rollout(memory, style, use_cache)[0] / self.cfg.motion_scale
         return templates[:, None] + offsets.view(*offsets.shape[:2], -1, 3)
 
     @torch.no_grad()
