@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: setup reproduce study test lint format bench lab clean-venv
+.PHONY: setup reproduce study test lint format bench gpu-check lab clean-venv
 
 # One stamp per install: the pipeline's packages, then the test or lab extras on top.
 $(VENV)/.stamp-base: pyproject.toml
@@ -48,6 +48,13 @@ format: $(VENV)/.stamp-test
 # Each benchmark prints one JSON line of figures with its provenance.
 bench: setup
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+# The CUDA path measured (benchmarks/gpu.py, docs/benchmarks.md): with this venv's python when there is one, else
+# the python3 on PATH (a plain CUDA environment: torch, torchaudio, transformers, safetensors; nothing installed).
+# Without CUDA it says so and exits 0. GPU_ARGS: e.g. --steps 20, or --device cpu --quick.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PYTHONPATH=lib $(GPU_PYTHON) benchmarks/gpu.py $(GPU_ARGS)
 
 lab: $(VENV)/.stamp-lab
 	$(BIN)/jupyter lab notebooks
