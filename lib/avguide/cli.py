@@ -2,9 +2,14 @@
 sequences as videos with sound, and read lips with the expert.
 
     avguide animate SPEECH.wav [--model DIR] [--corpus DIR] [--subject NAME] [--out DIR] [--obj] [--no-video]
+    avguide animate SPEECH.wav --model DIR --template T.npy|.ply|.obj [--faces MESH] [--lips IDS] [--subject NAME]
     avguide evaluate PRED_DIR GT_DIR [--dataset synth3d|vocaset|biwi] [--split test] [--out metrics.json]
+    avguide evaluate PRED_DIR GT_DIR --dataset vocaset|biwi [--lips IDS] [--upper-face IDS] [--templates T]
     avguide render VERTICES.npy [--audio SPEECH.wav] [--corpus DIR] [--subject NAME | --template T.npy] [--mouth]
     avguide transcribe VIDEO [--audio SPEECH.wav] [--model-dir DIR]
+    avguide convert faceformer CKPT.pth --dataset vocaset|biwi [--subjects NAME...] --out DIR
+    avguide convert codetalker STAGE1.pth.tar STAGE2.pth.tar --dataset vocaset|biwi --out DIR
+    avguide convert autoavsr CKPT.pth --spm unigram5000.model --modality av|video|audio --out DIR
 
 Common options: -q (no progress bars), --threads N (torch's CPU threads).
 Exit codes: 0 done, 1 bad input (the message on stderr says what was expected, what was found and in
@@ -78,13 +83,13 @@ def _pick_subject(corpus, name: str | None, any_split: bool = False) -> tuple[st
     return name, train.index(name) if name in train else -1
 
 
-def _camera(template, corpus, mouth: bool, size: int | None):
+def _camera(template, lip_ids, mouth: bool, size: int | None):
     from avguide.render import face_camera, mouth_camera
 
     size = size or (88 if mouth else 256)
     if size <= 0 or size % 2:
         raise CommandError(f"--size must be a positive even number of pixels (H.264); got {size}")
-    return mouth_camera(template, corpus.topology.lip_ids, size=size) if mouth else face_camera(template, size=size)
+    return mouth_camera(template, lip_ids, size=size) if mouth else face_camera(template, size=size)
 
 
 # --- animate ------------------------------------------------------------------------------------------
@@ -95,40 +100,87 @@ def cmd_animate(args) -> int:
     from avguide.inference import check_speech
 
     audio_path = Path(args.audio)
+    mesh = _user_mesh(args)  # a bad mesh or region file is refused before the audio is read or torch loaded
     audio = load_wav(audio_path)  # stereo is downmixed, other rates resampled, with a warning
     check_speech(audio, audio_path, allow_silence=args.allow_silence)
-    return _animate(args, audio, audio_path)
+    return _animate(args, audio, audio_path, mesh)
 
 
-def _animate(args, audio, audio_path: Path) -> int:
+def _user_mesh(args):
+    """The user's template mesh (--template, --faces, --lips), checked for what the outputs asked for need; None
+    without --template (the model's training corpus gives template and topology)."""
+    if args.template is None:
+        given = [f"--{name}" for name in ("faces", "lips") if getattr(args, name) is not None]
+        if given:
+            raise CommandError(f"{' and '.join(given)} go with --template (the mesh they belong to)")
+        return None
+    if args.corpus:
+        raise CommandError("--template and --corpus: give one (the template and mesh, or the model's corpus)")
+    from avguide.inference import load_user_mesh
+
+    mesh = load_user_mesh(args.template, args.faces, args.lips)
+    needs = [what for what, wanted in (("the video", not args.no_video), ("--obj", args.obj)) if wanted]
+    if mesh.faces is None and needs:
+        raise CommandError(
+            f"{mesh.path}: has no faces (triangles), which {' and '.join(needs)} need: pass --faces MESH.ply|.obj "
+            f"(or a mesh file with faces as --template), or --no-video to write the vertices only"
+        )
+    if mesh.lip_ids is None and args.mouth and not args.no_video:
+        raise CommandError(
+            "--mouth frames the camera on the lips: pass --lips with the mesh's lip vertex ids "
+            "(a text file or .npy, e.g. FaceFormer's regions/lve.txt)"
+        )
+    return mesh
+
+
+def _animate(args, audio, audio_path: Path, mesh=None) -> int:
     import torch  # only now: a bad file is refused without loading torch
 
-    from avguide.inference import NpyFrames, animate_blocks, frames_for, write_npy_blocks, write_obj_sequence
+    from avguide.inference import (
+        NpyFrames,
+        animate_blocks,
+        frames_for,
+        pick_style,
+        write_npy_blocks,
+        write_obj_sequence,
+    )
     from avguide.models.registry import load_animator
 
     model_dir = Path(args.model) if args.model else _default_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_animator(model_dir, device)
     cfg = model.cfg
-    corpus = _load_corpus(Path(args.corpus) if args.corpus else None)
-    if corpus.n_vertices != cfg.n_vertices:
-        raise CommandError(
-            f"{corpus.root / 'templates.npz'}: templates have {corpus.n_vertices} vertices, the "
-            f"model in {model_dir} animates {cfg.n_vertices}; pass the model's training corpus"
-        )
-    if len(corpus.subjects["train"]) != cfg.n_subjects:
-        raise CommandError(
-            f"{corpus.root / 'manifest.csv'}: {len(corpus.subjects['train'])} training subjects, "
-            f"the model in {model_dir} has {cfg.n_subjects} styles; pass its training corpus"
-        )
-    subject, style = _pick_subject(corpus, args.subject)
-    template = corpus.templates[subject]
+    if mesh is None:
+        corpus = _load_corpus(Path(args.corpus) if args.corpus else None)
+        if corpus.n_vertices != cfg.n_vertices:
+            raise CommandError(
+                f"{corpus.root / 'templates.npz'}: templates have {corpus.n_vertices} vertices, the "
+                f"model in {model_dir} animates {cfg.n_vertices}; pass the model's training corpus"
+            )
+        if len(corpus.subjects["train"]) != cfg.n_subjects:
+            raise CommandError(
+                f"{corpus.root / 'manifest.csv'}: {len(corpus.subjects['train'])} training subjects, "
+                f"the model in {model_dir} has {cfg.n_subjects} styles; pass its training corpus"
+            )
+        subject, style = _pick_subject(corpus, args.subject)
+        template = corpus.templates[subject]
+        faces, albedo, lip_ids = corpus.topology.faces, corpus.topology.albedo, corpus.topology.lip_ids
+    else:
+        if mesh.n_vertices != cfg.n_vertices:
+            raise CommandError(
+                f"{mesh.path}: template has {mesh.n_vertices} vertices, the model in {model_dir} animates "
+                f"{cfg.n_vertices}; pass a template of the mesh the model was trained on"
+            )
+        subject, style = pick_style(args.subject, cfg.n_subjects, getattr(cfg, "subjects", None), model_dir)
+        template, faces, albedo, lip_ids = mesh.template, mesh.faces, None, mesh.lip_ids
+        if not args.no_video:
+            _check_facing(mesh)
     if args.chunk_seconds * float(cfg.fps) < 1 or not 0 <= args.overlap_seconds < args.chunk_seconds:
         raise CommandError(
             f"--chunk-seconds must last at least one frame (1/{cfg.fps:g} s) and --overlap-seconds "
             f"be in [0, chunk); got {args.chunk_seconds} and {args.overlap_seconds}"
         )
-    camera = None if args.no_video else _camera(template, corpus, args.mouth, args.size)
+    camera = None if args.no_video else _camera(template, lip_ids, args.mouth, args.size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = audio_path.stem
@@ -148,7 +200,7 @@ def _animate(args, audio, audio_path: Path) -> int:
     written = [npy]
     vertices = NpyFrames(npy)  # read back a slice at a time
     if args.obj:
-        written.append(write_obj_sequence(out_dir / f"{stem}_obj", vertices, corpus.topology.faces, stem, progress))
+        written.append(write_obj_sequence(out_dir / f"{stem}_obj", vertices, faces, stem, progress))
     if not args.no_video:
         from avguide.render.stream import stream_video
 
@@ -156,8 +208,8 @@ def _animate(args, audio, audio_path: Path) -> int:
             stream_video(
                 out_dir / f"{stem}.mp4",
                 vertices,
-                corpus.topology.faces,
-                corpus.topology.albedo,
+                faces,
+                albedo,
                 camera,
                 float(cfg.fps),
                 audio,
@@ -169,33 +221,85 @@ def _animate(args, audio, audio_path: Path) -> int:
     return 0
 
 
+def _check_facing(mesh) -> None:
+    """Warn when the part of the mesh the video frames faces away from the camera (it would render as background)."""
+    from avguide.render.camera import facing_share
+
+    share = facing_share(mesh.template, mesh.faces, mesh.lip_ids)
+    # a closed head shows the camera half its projected area (the back faces away); a face-only mesh nearly all
+    if share < (0.5 if mesh.lip_ids is not None else 0.4):
+        region = "lip region" if mesh.lip_ids is not None else "mesh"
+        logging.getLogger("avguide").warning(
+            "%s: only %.0f%% of the %s's triangles face the camera (it looks along -z, y up; triangles "
+            "counter-clockwise seen from +z are front faces): the video may show mostly background",
+            mesh.faces_path,
+            100 * share,
+            region,
+        )
+
+
 # --- evaluate -----------------------------------------------------------------------------------------
 
 
 def cmd_evaluate(args) -> int:
-    from avguide.scoring import score_predictions
+    from avguide.scoring import score_folder, score_predictions
 
     pred_dir, gt_dir = Path(args.pred_dir), Path(args.gt_dir)
-    if not gt_dir.is_dir():
+    processed = args.dataset in ("vocaset", "biwi") and not (gt_dir / "manifest.csv").is_file()
+    if not gt_dir.is_dir() or (processed and not (gt_dir / "vertices_npy").is_dir()):
         raise CommandError(
-            f"{gt_dir}: ground-truth corpus folder not found; expected manifest.csv, "
-            f"vertices_npy/, templates.npz, topology.npz as the prepare stage writes them"
+            f"{gt_dir}: ground truth not found; expected a corpus folder as the prepare stage writes it "
+            f"(manifest.csv, vertices_npy/, templates.npz, topology.npz) or, with --dataset vocaset|biwi, the "
+            f"public code's processed folder (vertices_npy/<utterance>.npy)"
         )
-    corpus = _load_corpus(gt_dir)
-    overall, per_utt = score_predictions(pred_dir, corpus, args.dataset, args.split, progress=not args.quiet)
+    if processed:
+        if args.split:
+            raise CommandError(f"--split needs a corpus folder (manifest.csv); {gt_dir} is a processed folder")
+        overall, per_utt = score_folder(
+            pred_dir,
+            gt_dir,
+            args.dataset,
+            args.lips,
+            args.upper_face,
+            args.templates,
+            args.gt_fps,
+            progress=not args.quiet,
+        )
+    else:
+        given = [o for o, v in (("--templates", args.templates), ("--gt-fps", args.gt_fps)) if v is not None]
+        if given:
+            raise CommandError(f"{' and '.join(given)}: only for a processed folder; {gt_dir} is a corpus")
+        corpus = _load_corpus(gt_dir)
+        _override_regions(corpus, args.lips, args.upper_face)
+        overall, per_utt = score_predictions(pred_dir, corpus, args.dataset, args.split, progress=not args.quiet)
     out = Path(args.out) if args.out else pred_dir / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     per_utt_path = out.with_name(out.stem + "_per_utterance.csv")
     out.write_text(json.dumps(overall, indent=1) + "\n")
     per_utt.to_csv(per_utt_path, index=False, lineterminator="\n")
+
+    def fmt(name):
+        return "n/a" if overall.get(name) is None else f"{overall[name]:.4e}"
+
     print(
-        f"{overall['utterances']} utterances, {overall['frames']} frames: LVE {overall['LVE']:.4e}  "
-        f"MVE {overall['MVE']:.4e}  FDD {overall['FDD']:.4e}  (static template LVE "
-        f"{overall['static_template_LVE']:.4e})"
+        f"{overall['utterances']} utterances, {overall['frames']} frames: LVE {fmt('LVE')}  MVE {fmt('MVE')}  "
+        f"FDD {fmt('FDD')}  (static template LVE {fmt('static_template_LVE')})"
     )
     print(out)
     print(per_utt_path)
     return 0
+
+
+def _override_regions(corpus, lips, upper_face) -> None:
+    """--lips / --upper-face replace the corpus's lip and upper-face regions."""
+    from dataclasses import replace
+
+    from avguide.data.readers import read_vertex_ids
+
+    if lips is not None:
+        corpus.topology = replace(corpus.topology, lip_ids=read_vertex_ids(lips, corpus.n_vertices))
+    if upper_face is not None:
+        corpus.topology = replace(corpus.topology, upper_face_ids=read_vertex_ids(upper_face, corpus.n_vertices))
 
 
 # --- render -------------------------------------------------------------------------------------------
@@ -263,7 +367,7 @@ def cmd_render(args) -> int:
                 fps,
             )
     out = Path(args.out) if args.out else path.with_suffix(".mp4")
-    camera = _camera(template, corpus, args.mouth, args.size)
+    camera = _camera(template, corpus.topology.lip_ids, args.mouth, args.size)
     stream_video(
         out, vertices, corpus.topology.faces, corpus.topology.albedo, camera, fps, audio, progress=not args.quiet
     )
@@ -293,6 +397,23 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    if args.source == "faceformer":
+        from avguide.convert.faceformer import convert_faceformer
+
+        out = convert_faceformer(args.checkpoint, args.dataset, args.out, args.subjects)
+    elif args.source == "codetalker":
+        from avguide.convert.codetalker import convert_codetalker
+
+        out = convert_codetalker(args.stage1, args.stage2, args.dataset, args.out, args.subjects)
+    else:
+        from avguide.convert.autoavsr import convert_autoavsr
+
+        out = convert_autoavsr(args.checkpoint, args.spm, args.modality, args.out, args.units)
+    logging.getLogger("avguide").info("wrote %s (load it with --model %s)", out, out)
+    return 0
+
+
 # --- parser and entry point ---------------------------------------------------------------------------
 
 
@@ -319,7 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
         "project's trained FaceFormer, data/animators/faceformer/model",
     )
     p.add_argument("--corpus", help="the model's training corpus (templates, topology); default: data/corpus/synth3d")
-    p.add_argument("--subject", help="training subject whose style and template to use (default: the first)")
+    p.add_argument(
+        "--template",
+        help="animate this mesh instead of a corpus subject: a (V, 3) .npy, or a .ply / .obj mesh (e.g. FLAME's "
+        "5,023-vertex template for a VOCASET model, BIWI's 23,370 for a BIWI model); V must be the model's",
+    )
+    p.add_argument(
+        "--faces",
+        help="with --template: the triangles (.ply, .obj or an (F, 3) .npy), when the template file has none; "
+        "needed for the video and --obj",
+    )
+    p.add_argument(
+        "--lips",
+        help="with --template: the lip region's vertex ids (text or .npy, e.g. FaceFormer's regions/lve.txt); "
+        "needed for --mouth",
+    )
+    p.add_argument(
+        "--subject",
+        help="the style (training subject): with --corpus a training subject, whose template is used too; with "
+        "--template a name the model's config lists (converted models) or an index (default: the first)",
+    )
     p.add_argument("--out", default=".", help="output folder (default: the working directory)")
     p.add_argument("--obj", action="store_true", help="also write one .obj per frame in <out>/<name>_obj/")
     p.add_argument("--no-video", action="store_true", help="do not render the MP4")
@@ -333,13 +473,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", parents=[common], help="score predictions (<utterance>.npy, frames x V*3) against a corpus"
     )
-    p.add_argument("pred_dir", help="folder of <utterance>.npy predictions")
-    p.add_argument("gt_dir", help="ground-truth corpus (manifest.csv, vertices_npy/, templates.npz, topology.npz)")
+    p.add_argument(
+        "pred_dir",
+        help="folder of <utterance>.npy predictions (or <utterance>_condition_<style>.npy, as the public code)",
+    )
+    p.add_argument(
+        "gt_dir",
+        help="ground truth: a corpus (manifest.csv, vertices_npy/, templates.npz, topology.npz), or with --dataset "
+        "vocaset|biwi the public code's processed folder (vertices_npy/<utterance>.npy, frames x V*3)",
+    )
     p.add_argument(
         "--dataset",
         choices=["synth3d", "vocaset", "biwi"],
         default="synth3d",
-        help="checks the mesh (VOCASET 5023, BIWI 23370 vertices) and labels the results",
+        help="checks the mesh (VOCASET 5023, BIWI 23370 vertices) and labels the results; for a processed folder "
+        "it also sets the conventions: predictions at 30 fps (VOCASET) or 25 fps (BIWI), ground truth at 60 fps "
+        "(VOCASET: every 2nd frame kept, as FaceFormer) or 25 fps (BIWI), regions GT_DIR/regions/lve.txt and "
+        "fdd.txt, templates GT_DIR/templates.pkl",
+    )
+    p.add_argument(
+        "--lips",
+        help="lip region's vertex ids for LVE and lip MVE (text or .npy); default: the corpus's, or "
+        "GT_DIR/regions/lve.txt for a processed folder",
+    )
+    p.add_argument(
+        "--upper-face",
+        help="upper face's vertex ids for FDD (text or .npy); default: the corpus's, or GT_DIR/regions/fdd.txt "
+        "for a processed folder (FDD is not scored without one)",
+    )
+    p.add_argument(
+        "--templates",
+        help="processed folder: the subjects' templates (FaceFormer's templates.pkl, a .npz, or one (V, 3) .npy) "
+        "for FDD and the static template's LVE; default GT_DIR/templates.pkl or .npz",
+    )
+    p.add_argument(
+        "--gt-fps",
+        type=float,
+        help="processed folder: the frame rate of vertices_npy/ (default 60 VOCASET, 25 BIWI; pass 30 for VOCASET "
+        "already at 30 fps); a whole multiple of the predictions'",
     )
     p.add_argument(
         "--split",
@@ -370,6 +541,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="the speech, for the audio-visual expert (without: the visual-only judge)")
     p.add_argument("--model-dir", help="expert folder as pretrain_expert writes it (default: data/models/expert)")
     p.set_defaults(run=cmd_transcribe)
+
+    p = sub.add_parser("convert", parents=[common], help="a published checkpoint -> a model folder of ours")
+    source = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    c = source.add_parser("faceformer", help="FaceFormer's vocaset.pth / biwi.pth (or the paper's, same layout)")
+    c.add_argument("checkpoint", help="the .pth file the public code saved")
+    c.add_argument("--dataset", required=True, choices=["vocaset", "biwi"], help="what it was trained on")
+    c.add_argument("--subjects", nargs="+", help="training subjects in one-hot order (default: the public code's)")
+    c.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
+    c.set_defaults(run=cmd_convert)
+    c = source.add_parser("codetalker", help="CodeTalker's stage-1 (VQ-VAE) and stage-2 checkpoints")
+    c.add_argument("stage1", help="the stage-1 .pth.tar")
+    c.add_argument("stage2", help="the stage-2 .pth.tar")
+    c.add_argument("--dataset", required=True, choices=["vocaset", "biwi"], help="what it was trained on")
+    c.add_argument("--subjects", nargs="+", help="training subjects in one-hot order (default: the public code's)")
+    c.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
+    c.set_defaults(run=cmd_convert)
+    c = source.add_parser("autoavsr", help="auto-AVSR's audio-visual, visual-only or audio-only reader")
+    c.add_argument("checkpoint", help="the .pth (or Lightning .ckpt) file")
+    c.add_argument("--spm", required=True, help="its SentencePiece model, e.g. spm/unigram/unigram5000.model")
+    c.add_argument("--units", help="the units file numbering the outputs (default: <spm stem>_units.txt beside it)")
+    c.add_argument("--modality", required=True, choices=["av", "video", "audio"], help="what the checkpoint reads")
+    c.add_argument("--out", required=True, help="reader folder to write (use it as --model-dir, eval.judges, ...)")
+    c.set_defaults(run=cmd_convert)
     return parser
 
 

@@ -10,6 +10,11 @@ is predicted on its own audio (the animator restarts from the subject's style), 
 two predictions are cross-faded linearly, so there is no jump at a seam. Only one window and the
 overlap are held in memory: `animate_blocks` yields the frames window by window, and the CLI appends
 them to the .npy file (`write_npy_blocks`) and reads them back a slice at a time (`NpyFrames`).
+
+Any mesh of the animator's vertex count can be animated (`load_user_mesh`): a FLAME template for a VOCASET
+model, BIWI's for a BIWI model, as a (V, 3) .npy or a .ply / .obj mesh, with its faces (to render it) and the
+lip region's vertex ids (to frame the mouth camera) from files the user names. `pick_style` finds the style
+(the training subject) by the name a model's config lists, or by index.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from avguide.data.audio import SAMPLE_RATE
+from avguide.data.readers import read_faces, read_mesh, read_vertex_ids
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,91 @@ def check_speech(audio: np.ndarray, path: str | Path, allow_silence: bool = Fals
                 f"{SILENCE_DBFS:.0f} dBFS); expected speech. Use --allow-silence to animate it anyway"
             )
         log.warning("%s: the audio is silent (loudest 20 ms at %.1f dBFS); animating anyway", path, level)
+
+
+MESH_SUFFIXES = (".ply", ".obj")
+
+
+@dataclass
+class UserMesh:
+    """A template mesh the user names: (V, 3) vertices, its triangles and lip region when known, and the
+    files they came from (for messages)."""
+
+    template: np.ndarray  # (V, 3) float32
+    faces: np.ndarray | None  # (F, 3) int64
+    lip_ids: np.ndarray | None  # sorted vertex ids
+    path: Path  # the template's file
+    faces_path: Path | None  # the file the faces came from (the template's own, or --faces)
+    lips_path: Path | None
+
+    @property
+    def n_vertices(self) -> int:
+        return len(self.template)
+
+
+def read_template(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(V, 3) float32 vertices of a template file, and its triangles when it is a mesh file that has them: a .npy
+    of shape (V, 3) (or V*3 values, FaceFormer's flattened frame), or a .ply / .obj mesh."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: template file not found")
+    suffix = path.suffix.lower()
+    if suffix in MESH_SUFFIXES:
+        return read_mesh(path)
+    if suffix != ".npy":
+        raise InputError(f"{path}: unknown template format {suffix!r}; expected a (V, 3) .npy, a .ply or an .obj")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path}: not a readable .npy array ({e})") from None
+    flat = arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == 1)  # one FaceFormer frame, V*3 values
+    if not np.issubdtype(arr.dtype, np.floating) or not ((arr.ndim == 2 and arr.shape[1] == 3) or flat) or arr.size % 3:
+        raise InputError(f"{path}: expected a (V, 3) float template (or V*3 values), found {arr.dtype} {arr.shape}")
+    arr = arr.reshape(-1, 3).astype(np.float32)
+    if not len(arr) or not np.isfinite(arr).all():
+        raise InputError(f"{path}: the template is empty or holds NaN or infinite values")
+    return arr, None
+
+
+def load_user_mesh(template: str | Path, faces: str | Path | None = None, lips: str | Path | None = None) -> UserMesh:
+    """The template (`read_template`), its faces (from `faces`, a .ply / .obj / (F, 3) .npy, else the template's
+    own mesh file) and lip ids (`lips`: a text file or .npy of vertex ids), each checked against the template's
+    vertex count. Faces and lips stay None when not given: the caller says which it needs."""
+    path = Path(template)
+    vertices, own_faces = read_template(path)
+    faces_path = Path(faces) if faces is not None else (path if own_faces is not None else None)
+    tris = read_faces(faces_path) if faces is not None else own_faces
+    if tris is not None and tris.max() >= len(vertices):
+        raise InputError(
+            f"{faces_path}: faces index vertex {tris.max()}, but the template {path} has {len(vertices)} vertices"
+        )
+    lips_path = Path(lips) if lips is not None else None
+    lip_ids = read_vertex_ids(lips_path, len(vertices)) if lips_path is not None else None
+    return UserMesh(vertices, tris, lip_ids, path, faces_path, lips_path)
+
+
+def pick_style(name: str | None, n_subjects: int, subjects=None, where: str | Path = "the model") -> tuple[str, int]:
+    """(label, index) of a training style: `name` among the model's `subjects` (its config's names of the styles in
+    one-hot order, when it has them), or an index 0..n_subjects-1; None picks the first."""
+    names = [str(s) for s in subjects] if subjects else None
+    if names is not None and len(names) != n_subjects:
+        raise InputError(f"{where}: names {len(names)} subjects but has {n_subjects} styles (n_subjects)")
+    if name is None:
+        return (names[0] if names else "style 0"), 0
+    if names and name in names:
+        return name, names.index(name)
+    if name.strip().isdigit() and int(name) < n_subjects:
+        k = int(name)
+        return (names[k] if names else f"style {k}"), k
+    if names:
+        raise InputError(
+            f"unknown subject {name!r}; the model in {where} has the styles: {', '.join(names)} "
+            f"(or pass an index 0..{n_subjects - 1})"
+        )
+    raise InputError(
+        f"unknown subject {name!r}: the model in {where} does not name its styles (no 'subjects' in its "
+        f"config.json); pass a style index 0..{n_subjects - 1}"
+    )
 
 
 def frames_for(n_samples: int, fps: float) -> int:

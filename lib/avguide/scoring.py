@@ -16,7 +16,8 @@ and BIWI's meshes they are left out, not guessed.
 articulation; its per-utterance table keeps the geometry columns). Predictions follow FaceFormer's convention:
 one `<utterance>.npy` per utterance, float frames x (V*3) ((T, V, 3) is accepted too), named like the ground
 truth's `vertices_npy/<utterance>.npy`. The ground truth is a corpus as the prepare stage writes it
-(`avguide.data.corpus.Corpus`).
+(`avguide.data.corpus.Corpus`); `score_folder` scores against the public code's processed folder of VOCASET or
+BIWI instead (vertices_npy/ and the region files the user gives, at the frame rates of that dataset's convention).
 
 Frame counts: FaceFormer's and CodeTalker's evaluation truncate prediction and ground truth to the
 shorter; here only when they are at most `MAX_FRAME_GAP` frames apart (rounding of audio length to
@@ -88,24 +89,31 @@ def score(
     inner-lip midline is known (the synthetic template), aperture_rmse_mm and MTM_ms, and with `phonemes`
     (phonemes.csv rows; those of utterances not in `utterances` are ignored) closure_rate with the rows' closures
     and bilabials counts, and overall gt_closure_rate, the ground truth's own. Without `fps` the figures are
-    exactly those above (the train and guide stages' metrics.json)."""
+    exactly those above (the train and guide stages' metrics.json). Without `templates` (None) FDD and
+    static_template_LVE are None, as FDD is without upper-face ids (an empty `topology.upper_face_ids`); the rows'
+    FDD is then NaN."""
     if phonemes is not None and fps is None:
         raise ValueError("score: phonemes given without fps; the closure rate needs the frame rate")
-    static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
+    upper = topology.upper_face_ids
+    with_fdd = templates is not None and upper is not None and len(upper) > 0
+    per_item = templates if templates is not None else [None] * len(pred)
     overall = {
         "LVE": lve(pred, true, topology.lip_ids),
         "MVE": mve(pred, true),
-        "FDD": fdd(pred, true, templates, topology.upper_face_ids),
-        "static_template_LVE": lve(static, true, topology.lip_ids),
+        "FDD": fdd(pred, true, templates, upper) if with_fdd else None,
+        "static_template_LVE": None,
     }
+    if templates is not None:
+        static = [np.broadcast_to(t, p.shape) for t, p in zip(templates, pred)]
+        overall["static_template_LVE"] = lve(static, true, topology.lip_ids)
     rows = [
         {
             "n_frames": min(len(p), len(t)),
             "LVE": lve([p], [t], topology.lip_ids),
             "MVE": mve([p], [t]),
-            "FDD": fdd([p], [t], [tm], topology.upper_face_ids),
+            "FDD": fdd([p], [t], [tm], upper) if with_fdd else float("nan"),
         }
-        for p, t, tm in zip(pred, true, templates)
+        for p, t, tm in zip(pred, true, per_item)
     ]
     if fps is not None:
         lips = lip_articulation(pred, true, topology, phonemes, fps, utterances)
@@ -353,4 +361,178 @@ def score_predictions(
         "truncated": int((per_utt["pred_frames"] != per_utt["gt_frames"]).sum()),
         **metrics,
     }
+    return overall, per_utt
+
+
+# --- the public code's processed folders (FaceFormer / CodeTalker convention) ------------------------------------
+
+ANIMATOR_FPS = {"vocaset": 30.0, "biwi": 25.0}  # the frame rate the published animators predict at
+PROCESSED_GT_FPS = {"vocaset": 60.0, "biwi": 25.0}  # vertices_npy/ of FaceFormer's processed folders (VOCASET: 60)
+CONDITION = "_condition_"  # FaceFormer's and CodeTalker's test output: <utterance>_condition_<style>.npy
+
+
+def _region_default(given, gt_dir: Path, name: str) -> Path | None:
+    if given is not None:
+        return Path(given)
+    path = gt_dir / "regions" / name
+    return path if path.is_file() else None
+
+
+def _folder_templates(given, gt_dir: Path, n_vertices: int) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+    """{subject: (V, 3)} from `given` (.pkl as FaceFormer's templates.pkl, .npz, or one (V, 3) .npy for every
+    subject, key "*"), else GT_DIR/templates.pkl or templates.npz when there; (None, None) when none."""
+    from avguide.data.corpus import load_templates
+    from avguide.data.readers import read_templates
+
+    if given is None:
+        found = [gt_dir / n for n in ("templates.pkl", "templates.npz") if (gt_dir / n).is_file()]
+        if not found:
+            return None, None
+        given = found[0]
+    path = Path(given)
+    if not path.is_file():
+        raise PredictionError(f"{path}: templates file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".pkl":
+        templates = read_templates(path)  # a pickle: read only because the user's folder or option names it
+    elif suffix == ".npz":
+        templates = load_templates(path)
+    elif suffix == ".npy":
+        templates = {"*": np.load(path, allow_pickle=False).astype(np.float32).reshape(-1, 3)}
+    else:
+        raise PredictionError(f"{path}: unknown templates format {suffix!r}; expected .pkl, .npz or a (V, 3) .npy")
+    for subject, t in templates.items():
+        if t.shape != (n_vertices, 3):
+            raise PredictionError(f"{path}: template of {subject!r} has shape {t.shape}, expected ({n_vertices}, 3)")
+    return templates, path
+
+
+def score_folder(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    dataset: str,
+    lips: str | Path | None = None,
+    upper_face: str | Path | None = None,
+    templates: str | Path | None = None,
+    gt_fps: float | None = None,
+    progress: bool = False,
+) -> tuple[dict, pd.DataFrame]:
+    """`score_predictions` for ground truth in the public code's processed layout (FaceFormer / CodeTalker):
+    GT_DIR/vertices_npy/<utterance>.npy (frames x V*3), with `dataset` "vocaset" or "biwi".
+
+    The convention `dataset` sets: the predictions' frame rate (ANIMATOR_FPS: 30 VOCASET, 25 BIWI), the ground
+    truth's (`gt_fps`, default PROCESSED_GT_FPS: VOCASET's processed vertices are 60 fps and every second frame is
+    kept, as FaceFormer's loader does; BIWI's 25), and the region files: `lips` (LVE, lip MVE; default
+    GT_DIR/regions/lve.txt, required) and `upper_face` (FDD; default GT_DIR/regions/fdd.txt, else FDD is not
+    scored), text or .npy vertex ids. `templates` (FDD and the static template's LVE; default GT_DIR/templates.pkl
+    or .npz, else those two are None): the subject of an utterance is its name up to the last '_' (VOCASET
+    FaceTalk_..._TA_sentence01, BIWI F1_e01).
+
+    Predictions: `<utterance>.npy`, or `<utterance>_condition_<style>.npy` as the public test scripts write them
+    (each style's prediction is one row, scored against the same ground truth). Every prediction needs its
+    ground truth. One utterance is in memory at a time; the overall figures pool the rows as `pooled` does
+    (equal to `score` over all at once up to rounding)."""
+    from avguide.data.corpus import Topology, load_vertices
+    from avguide.data.readers import read_vertex_ids
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if dataset not in ANIMATOR_FPS:
+        raise PredictionError(
+            f"{gt_dir}: a processed folder (vertices_npy/) is scored with --dataset vocaset or biwi; got {dataset!r} "
+            f"(a synth3d ground truth is the corpus folder the prepare stage writes)"
+        )
+    n_vertices, fps = DATASET_VERTICES[dataset], ANIMATOR_FPS[dataset]
+    gt_fps = float(gt_fps or PROCESSED_GT_FPS[dataset])
+    step = gt_fps / fps
+    if step < 1 or abs(step - round(step)) > 1e-9:
+        raise PredictionError(f"--gt-fps {gt_fps:g}: must be a whole multiple of {dataset}'s {fps:g} fps")
+    step = int(round(step))
+    npy_dir = gt_dir / "vertices_npy"
+    if not npy_dir.is_dir():
+        raise PredictionError(f"{npy_dir}: folder not found; expected the ground truth's <utterance>.npy files")
+    lips_path = _region_default(lips, gt_dir, "lve.txt")
+    if lips_path is None:
+        raise PredictionError(
+            f"{gt_dir}: no lip region; pass --lips (vertex ids, e.g. FaceFormer's regions/lve.txt; "
+            f"looked for {gt_dir / 'regions' / 'lve.txt'})"
+        )
+    upper_path = _region_default(upper_face, gt_dir, "fdd.txt")
+    topology = Topology(
+        faces=np.zeros((0, 3), np.int64),
+        lip_ids=read_vertex_ids(lips_path, n_vertices),
+        upper_face_ids=np.zeros(0, np.int64) if upper_path is None else read_vertex_ids(upper_path, n_vertices),
+    )
+    subject_templates, templates_path = _folder_templates(templates, gt_dir, n_vertices)
+    if upper_path is None:
+        log.info("FDD not scored: no upper-face region (--upper-face, or %s)", gt_dir / "regions" / "fdd.txt")
+    if subject_templates is None:
+        log.info("FDD and the static template's LVE not scored: no templates (--templates, or templates.pkl)")
+    if not pred_dir.is_dir():
+        raise PredictionError(f"{pred_dir}: prediction folder not found")
+    files = sorted(pred_dir.glob("*.npy"))
+    if not files:
+        raise PredictionError(f"{pred_dir}: no .npy predictions; expected <utterance>.npy files (frames x V*3)")
+    rows, static = [], []
+    for path in tqdm(files, desc="evaluate", unit="utt", disable=not progress):
+        utt, _, style = path.stem.partition(CONDITION)
+        gt_path = npy_dir / f"{utt}.npy"
+        if not gt_path.is_file():
+            raise PredictionError(f"{path}: no ground truth {gt_path}; expected predictions named like its files")
+        subject = utt.rsplit("_", 1)[0]
+        template = None
+        if subject_templates is not None:
+            template = subject_templates.get(subject, subject_templates.get("*"))
+            if template is None:
+                raise PredictionError(
+                    f"{templates_path}: no template for subject {subject!r} (of {path.name}); it has "
+                    f"{', '.join(sorted(subject_templates))}"
+                )
+        pred = load_prediction(path, n_vertices, gt_dir)
+        raw = load_vertices(gt_path, n_vertices)
+        gt = raw[::step]
+        try:
+            pred, gt = match_lengths(pred, gt, path, gt_path)
+        except PredictionError as e:
+            ratio = max(1, round(len(raw) / len(pred)))  # what the lengths say the ground truth's rate is
+            fits = abs(len(pred) - -(-len(raw) // ratio)) <= MAX_FRAME_GAP
+            hint = f"; the ground truth looks like {ratio * fps:g} fps: pass --gt-fps {ratio * fps:g}" if fits else ""
+            raise PredictionError(f"{e} (ground truth at {gt_fps:g} fps, every {step} kept){hint}") from None
+        metrics, row = score([pred], [gt], None if template is None else [template], topology)
+        static.append(metrics["static_template_LVE"])
+        info = {"utterance": utt, "subject": subject, "style": style or None, "pred_frames": len(pred)}
+        rows.append(
+            {
+                **info,
+                "gt_frames": len(raw),
+                **row.to_dict("records")[0],
+                "lip_mve_mm": lip_mve([pred], [gt], topology.lip_ids),
+            }
+        )
+    table = pd.DataFrame(rows)
+    figures = pooled(table)
+    w = table["n_frames"].to_numpy(float)
+    with_fdd = subject_templates is not None and upper_path is not None
+    overall = {
+        "dataset": dataset,
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(gt_dir),
+        "split": None,
+        "utterances": len(table),
+        "frames": int(w.sum()),
+        "truncated": int((table["pred_frames"] != (table["gt_frames"] + step - 1) // step).sum()),
+        "fps": fps,
+        "gt_fps": gt_fps,
+        "lips": str(lips_path),
+        "upper_face": None if upper_path is None else str(upper_path),
+        "templates": None if templates_path is None else str(templates_path),
+        "LVE": float(figures["LVE"]),
+        "MVE": float(figures["MVE"]),
+        "FDD": float(figures["FDD"]) if with_fdd else None,
+        "static_template_LVE": float(np.dot(static, w) / w.sum()) if subject_templates is not None else None,
+        "lip_mve_mm": float(figures["lip_mve_mm"]),
+    }
+    log.info("aperture, MTM and closure rate not scored: the %s mesh's inner-lip midline is not known", dataset)
+    per_utt = table.rename(columns={"n_frames": "frames"})[
+        ["utterance", "subject", "style", "pred_frames", "gt_frames", "frames", *GEOMETRY]
+    ]
     return overall, per_utt

@@ -1,7 +1,8 @@
 """Pieces shared by the real-dataset readers (`avguide.data.vocaset`, `avguide.data.biwi`).
 
 - `load_pickle`, `read_templates`: the datasets' own pickles, read only from paths the caller names.
-- `read_faces` (.npy / .ply / .obj), `read_region_ids`, `build_topology`: mesh connectivity and regions.
+- `read_faces` (.npy / .ply / .obj), `read_mesh` (vertices and faces of a .ply / .obj), `read_region_ids`,
+  `read_vertex_ids` (text or .npy), `build_topology`: mesh connectivity and regions.
 - `Transcripts`: one text per sentence (or per subject and sentence), normalised.
 - `split_table`, `assign_splits`: which split each utterance goes to.
 - `processed_utterances`: the processed layout wav/<utt>.wav + vertices_npy/<utt>.npy.
@@ -94,9 +95,12 @@ def read_faces(path: str | Path) -> np.ndarray:
             raise CorpusError(f"{path}: expected an (F, 3) integer array, found {faces.dtype} {faces.shape}")
         faces = faces.astype(np.int64)
     elif suffix == ".ply":
-        faces = _fan(_read_ply_polygons(path), path)
+        polygons = _read_ply(path, vertices=False)[1]
+        if polygons is None:
+            raise CorpusError(f"{path}: expected 'element face' with 'property list uchar int vertex_indices'")
+        faces = _fan(polygons, path)
     elif suffix == ".obj":
-        faces = _fan(_read_obj_polygons(path), path)
+        faces = _fan(_read_obj(path)[1], path)
     else:
         raise CorpusError(f"{path}: unknown faces format {suffix!r}; expected .npy, .ply or .obj")
     if len(faces) == 0:
@@ -106,7 +110,38 @@ def read_faces(path: str | Path) -> np.ndarray:
     return faces
 
 
-def _fan(polygons: list[list[int]], path: Path) -> np.ndarray:
+def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(V, 3) float32 vertices and (F, 3) int64 triangles (None when the file has no faces) of a mesh file: a PLY
+    (ascii or binary, `element vertex` with x, y, z; `element face` with vertex_indices), or a Wavefront OBJ
+    (`v x y z` and `f a b c ...` lines; texture and normal indices ignored). Polygons are fan-triangulated."""
+    path = require_file(path, "a mesh: .ply or .obj")
+    suffix = path.suffix.lower()
+    if suffix == ".ply":
+        vertices, polygons = _read_ply(path, vertices=True)
+        if vertices is None:
+            raise CorpusError(f"{path}: not a mesh: no 'element vertex' with properties x, y, z")
+    elif suffix == ".obj":
+        vertices, polygons = _read_obj(path)
+        if len(vertices) == 0:
+            raise CorpusError(f"{path}: not a mesh: no vertex lines 'v x y z' (expected a Wavefront OBJ)")
+        polygons = polygons or None
+    else:
+        raise CorpusError(f"{path}: unknown mesh format {suffix!r}; expected .ply or .obj")
+    if len(vertices) == 0:
+        raise CorpusError(f"{path}: the mesh has no vertices")
+    if not np.isfinite(vertices).all():
+        raise CorpusError(f"{path}: vertex coordinates contain NaN or infinite values")
+    faces = None if polygons is None else _fan(polygons, path)
+    if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise CorpusError(
+            f"{path}: faces index vertices {faces.min()}..{faces.max()}, the mesh has {len(vertices)} vertices"
+        )
+    return vertices.astype(np.float32), faces if faces is None or len(faces) else None
+
+
+def _fan(polygons: list[list[int]] | np.ndarray, path: Path) -> np.ndarray:
+    if isinstance(polygons, np.ndarray):  # triangles already
+        return polygons.astype(np.int64).reshape(-1, 3)
     tris = []
     for poly in polygons:
         if len(poly) < 3:
@@ -123,8 +158,10 @@ _PLY_TYPES = {
 _PLY_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
 
 
-def _read_ply_polygons(path: Path) -> list[list[int]]:
-    """The `vertex_indices` lists of `element face` of an ascii or binary PLY (as FLAME_sample.ply)."""
+def _read_ply(path: Path, vertices: bool) -> tuple[np.ndarray | None, list[list[int]] | np.ndarray | None]:
+    """An ascii or binary PLY (as FLAME_sample.ply): the (V, 3) x, y, z of `element vertex` (when `vertices`;
+    None if there are none) and the `vertex_indices` lists of `element face` (None if there is none; an (F, 3)
+    array when they are all triangles)."""
     with open(path, "rb") as f:
         if f.readline().strip() != b"ply":
             raise CorpusError(f"{path}: not a PLY file (the first line is not 'ply')")
@@ -155,27 +192,31 @@ def _read_ply_polygons(path: Path) -> list[list[int]]:
         body = f.read()
     if fmt not in _PLY_FORMATS:
         raise CorpusError(f"{path}: PLY format {fmt!r} not supported; expected one of {sorted(_PLY_FORMATS)}")
-    face = next((e for e in elements if e[0] == "face"), None)
-    index_prop = None
-    if face is not None:
-        lists = [p for p, t in face[2] if isinstance(t, tuple)]
-        index_prop = next((p for p in lists if p in ("vertex_indices", "vertex_index")), None)
-    if index_prop is None:
-        raise CorpusError(f"{path}: expected 'element face' with 'property list uchar int vertex_indices'")
-
     reader = _PlyBody(body, _PLY_FORMATS[fmt], path)
+    xyz = polygons = None
     for name, count, props in elements:
-        if name != "face":
+        names = [p for p, _ in props]
+        if name == "vertex" and vertices and {"x", "y", "z"} <= set(names):
+            xyz = reader.columns(count, props, ("x", "y", "z"))
+        elif name == "face":
+            lists = [p for p, t in props if isinstance(t, tuple)]
+            index_prop = next((p for p in lists if p in ("vertex_indices", "vertex_index")), None)
+            if index_prop is None:
+                reader.skip(count, props)
+                continue
+            polygons = reader.triangles(count, props)
+            if polygons is None:
+                polygons = []
+                for _ in range(count):
+                    for prop, typ in props:
+                        value = reader.read(typ)
+                        if prop == index_prop:
+                            polygons.append(value)
+            if not vertices:
+                break
+        else:
             reader.skip(count, props)
-            continue
-        polygons = []
-        for _ in range(count):
-            for prop, typ in props:
-                value = reader.read(typ)
-                if prop == index_prop:
-                    polygons.append(value)
-        return polygons
-    raise AssertionError("unreachable")
+    return xyz, polygons
 
 
 class _PlyBody:
@@ -192,6 +233,53 @@ class _PlyBody:
                 return [int(self._scalar(typ[1])) for _ in range(n)]
             return self._scalar(typ)
         except (IndexError, ValueError, struct.error):
+            raise CorpusError(f"{self.path}: PLY data ends early or is malformed (at offset {self.pos})") from None
+
+    def triangles(self, count: int, props: list) -> np.ndarray | None:
+        """(count, 3) int64 when the rows are the index list alone and every one a triangle (as FLAME's and BIWI's
+        meshes), read at once; else None, nothing consumed (the caller reads them one value at a time)."""
+        if len(props) != 1 or not count:
+            return None
+        count_type, index_type = props[0][1]
+        if self.endian is None:
+            tokens = self.data[self.pos : self.pos + 4 * count]
+            try:
+                table = np.array(tokens).astype(np.int64).reshape(count, 4)
+            except ValueError:  # too few tokens, or not integers: not triangles only
+                return None
+            size = 4 * count
+        else:
+            dtype = np.dtype([("n", self.endian + count_type), ("ids", self.endian + index_type, (3,))])
+            if self.pos + count * dtype.itemsize > len(self.data):
+                return None
+            rows = np.frombuffer(self.data, dtype, count, offset=self.pos)
+            table = np.concatenate([rows["n"][:, None], rows["ids"]], 1).astype(np.int64)
+            size = count * dtype.itemsize
+        if not (table[:, 0] == 3).all():
+            return None
+        self.pos += size
+        return table[:, 1:]
+
+    def columns(self, count: int, props: list, names: tuple[str, ...]) -> np.ndarray:
+        """(count, len(names)) float64: those properties of `count` rows (fixed-size rows read at once)."""
+        keys = [p for p, _ in props]
+        if any(isinstance(t, tuple) for _, t in props):  # a list in the rows: one value at a time
+            rows = [dict(zip(keys, (self.read(t) for _, t in props))) for _ in range(count)]
+            return np.array([[float(r[n]) for n in names] for r in rows], np.float64).reshape(count, len(names))
+        cols = [keys.index(n) for n in names]
+        try:
+            if self.endian is None:
+                tokens = self.data[self.pos : self.pos + count * len(props)]
+                if len(tokens) < count * len(props):
+                    raise ValueError
+                table = np.array(tokens).astype(np.float64).reshape(count, len(props))
+                self.pos += count * len(props)
+                return table[:, cols]
+            dtype = np.dtype([(f"p{i}", self.endian + t) for i, (_, t) in enumerate(props)])
+            table = np.frombuffer(self.data, dtype, count, offset=self.pos)
+            self.pos += count * dtype.itemsize
+            return np.stack([table[f"p{c}"].astype(np.float64) for c in cols], 1)
+        except ValueError:
             raise CorpusError(f"{self.path}: PLY data ends early or is malformed (at offset {self.pos})") from None
 
     def skip(self, count: int, props: list) -> None:
@@ -213,13 +301,19 @@ class _PlyBody:
         return value
 
 
-def _read_obj_polygons(path: Path) -> list[list[int]]:
-    """Faces of an OBJ: `f a b c ...`, 1-based, `v/vt/vn` slashes allowed, negative = relative."""
-    polygons, n_vertices = [], 0
+def _read_obj(path: Path) -> tuple[np.ndarray, list[list[int]]]:
+    """Vertices (V, 3) and faces of an OBJ: `v x y z`, `f a b c ...` (1-based, `v/vt/vn` slashes allowed, negative =
+    relative to the vertices so far)."""
+    vertices, polygons = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if line.startswith("v "):
-                n_vertices += 1
+                try:
+                    vertices.append([float(t) for t in line.split()[1:4]])
+                except ValueError:
+                    raise CorpusError(f"{path}:{lineno}: cannot read vertex line {line.strip()!r}") from None
+                if len(vertices[-1]) != 3:
+                    raise CorpusError(f"{path}:{lineno}: a vertex line needs x y z, found {line.strip()!r}")
             elif line.startswith("f "):
                 try:
                     ids = [int(tok.split("/")[0]) for tok in line.split()[1:]]
@@ -227,19 +321,43 @@ def _read_obj_polygons(path: Path) -> list[list[int]]:
                     raise CorpusError(f"{path}:{lineno}: cannot read face line {line.strip()!r}") from None
                 if 0 in ids:
                     raise CorpusError(f"{path}:{lineno}: OBJ indices are 1-based, found 0 in {line.strip()!r}")
-                polygons.append([i - 1 if i > 0 else n_vertices + i for i in ids])
-    return polygons
+                polygons.append([i - 1 if i > 0 else len(vertices) + i for i in ids])
+    return np.array(vertices, np.float64).reshape(-1, 3), polygons
 
 
 def read_region_ids(path: str | Path, n_vertices: int) -> np.ndarray:
     """Vertex ids (sorted, unique) from a text file of integers separated by whitespace and/or commas."""
     path = require_file(path, "a text file of vertex ids separated by whitespace or commas")
-    tokens = [t for t in re.split(r"[\s,]+", path.read_text()) if t]
+    tokens = [t for t in re.split(r"[\s,]+", path.read_text(errors="replace")) if t]
     try:
         ids = np.array([int(t) for t in tokens], dtype=np.int64)
     except ValueError:
         bad = next(t for t in tokens if not re.fullmatch(r"[+-]?\d+", t))
         raise CorpusError(f"{path}: expected integer vertex ids, found {bad!r}") from None
+    if ids.size == 0:
+        raise CorpusError(f"{path}: no vertex ids found")
+    if ids.min() < 0 or ids.max() >= n_vertices:
+        raise CorpusError(f"{path}: vertex ids must lie in 0..{n_vertices - 1}; found {ids.min()}..{ids.max()}")
+    return np.unique(ids)
+
+
+def read_vertex_ids(path: str | Path, n_vertices: int) -> np.ndarray:
+    """Vertex ids (sorted, unique) of a region: a text file as `read_region_ids` reads, or a .npy of integer ids
+    (any shape) or of a boolean mask over the n_vertices vertices."""
+    path = require_file(path, "a region's vertex ids: a text file of integers, or a .npy of ids or a boolean mask")
+    if path.suffix.lower() != ".npy":
+        return read_region_ids(path, n_vertices)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CorpusError(f"{path}: not a readable .npy array ({e})") from None
+    if arr.dtype == bool:
+        if arr.size != n_vertices:
+            raise CorpusError(f"{path}: a boolean mask of {arr.size} vertices, the mesh has {n_vertices}")
+        arr = np.flatnonzero(arr)
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise CorpusError(f"{path}: expected integer vertex ids (or a boolean mask), found {arr.dtype}")
+    ids = arr.astype(np.int64).ravel()
     if ids.size == 0:
         raise CorpusError(f"{path}: no vertex ids found")
     if ids.min() < 0 or ids.max() >= n_vertices:

@@ -18,7 +18,6 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-
 OPTIONAL = {"optional": True}  # dataclasses.field metadata: config.json holds the field only when it is set
 
 

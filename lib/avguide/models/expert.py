@@ -33,7 +33,7 @@ import torchaudio
 from torch import nn
 
 from avguide.data.text import VOCAB
-from avguide.models.checkpoint import load_checkpoint, save_checkpoint
+from avguide.models.checkpoint import checkpoint_class, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,122 @@ def make_conformer(cfg: ExpertConfig) -> torchaudio.models.Conformer:
 # ---------------------------------------------------------------- the model
 
 
-class Expert(nn.Module):
+class Reader(nn.Module):
+    """What every reader shares: the joint loss, greedy CTC and beam-search decoding, on top of a subclass's
+    `encode(video, video_lengths, audio, audio_lengths) -> (enc, n_enc)`, `ctc_log_probs(enc)`,
+    `decode_step(ys, enc, enc_lengths)`, `device`, `cfg` (with `ctc_weight`, `label_smoothing`, `vocab_size`) and
+    `decoding`. `vocab` numbers the outputs (blank, pad, sos, eos, decode): the project's characters here."""
+
+    vocab = VOCAB
+
+    def loss(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        tokens=None,
+        token_lengths=None,
+        reduction: str = "mean",
+        ctc_weight: float | None = None,
+        label_smoothing: float | None = None,
+    ) -> ExpertLoss:
+        """Joint CTC / attention loss; tokens (B, L) padded with the vocabulary's pad, no <sos/eos>.
+
+        Each part is per target token of its item; reduction "none" gives (B,) tensors, "mean" their mean.
+        `ctc_weight` and `label_smoothing` default to the config's.
+        """
+        if tokens is None:
+            raise ValueError(f"{type(self).__name__}.loss needs the target tokens")
+        enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
+        return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight, label_smoothing)
+
+    def loss_of_encoding(
+        self,
+        enc: torch.Tensor,
+        n_enc: torch.Tensor,
+        tokens: torch.Tensor,
+        token_lengths=None,
+        reduction: str = "mean",
+        ctc_weight: float | None = None,
+        label_smoothing: float | None = None,
+    ) -> ExpertLoss:
+        """`loss` on an `encode` output (enc, n_enc): for a caller that also decodes the same encoding."""
+        lam = self.cfg.ctc_weight if ctc_weight is None else ctc_weight
+        smoothing = self.cfg.label_smoothing if label_smoothing is None else label_smoothing
+        vocab, tokens = self.vocab, tokens.to(self.device)
+        token_lengths = (token_lengths if token_lengths is not None else (tokens != vocab.pad).sum(1)).to(self.device)
+        logp = self.ctc_log_probs(enc)
+        ctc = F.ctc_loss(
+            logp.transpose(0, 1), tokens, n_enc, token_lengths, blank=vocab.blank, reduction="none", zero_infinity=True
+        ) / token_lengths.clamp(min=1)
+        b = tokens.shape[0]
+        valid = lengths_to_mask(token_lengths, tokens.shape[1])
+        sos = torch.full((b, 1), vocab.sos, dtype=torch.long, device=self.device)
+        ys_in = torch.cat([sos, tokens.masked_fill(~valid, vocab.pad)], 1)
+        ys_out = torch.cat([tokens.masked_fill(~valid, vocab.pad), sos], 1)
+        ys_out[torch.arange(b), token_lengths] = vocab.eos
+        out_valid = lengths_to_mask(token_lengths + 1, ys_out.shape[1])
+        logits = self.decode_step(ys_in, enc, n_enc)
+        ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=smoothing)
+        ce = (ce * out_valid).sum(1) / (token_lengths + 1)
+        total = lam * ctc + (1 - lam) * ce
+        if reduction == "none":
+            return ExpertLoss(total, ctc, ce)
+        if reduction != "mean":
+            raise ValueError(f"reduction must be 'mean' or 'none'; found {reduction!r}")
+        return ExpertLoss(total.mean(), ctc.mean(), ce.mean())
+
+    # ------------------------------------------------------------ decoding
+
+    @torch.no_grad()
+    def greedy_ctc(self, video=None, video_lengths=None, audio=None, audio_lengths=None) -> list[str]:
+        enc, n = self.encode(video, video_lengths, audio, audio_lengths)
+        return ctc_greedy_decode(self.ctc_log_probs(enc), n, self.vocab)
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
+    ) -> list[str]:
+        enc, n = self.encode(video, video_lengths, audio, audio_lengths)
+        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
+        return joint_beam_search(self, enc, n, beam_size, ctc_weight)
+
+    def transcribe(
+        self,
+        video=None,
+        video_lengths=None,
+        audio=None,
+        audio_lengths=None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
+    ) -> list[str]:
+        """Transcripts by beam search (beam_size > 1) or greedy CTC (beam_size <= 1), in eval mode; settings not
+        given are the model's `decoding`."""
+        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
+        was = self.training
+        self.eval()
+        try:
+            if beam_size <= 1:
+                return self.greedy_ctc(video, video_lengths, audio, audio_lengths)
+            return self.beam_search(video, video_lengths, audio, audio_lengths, beam_size, ctc_weight)
+        finally:
+            self.train(was)
+
+    def _settings(self, beam_size: int | None, ctc_weight: float | None) -> tuple[int, float]:
+        return (
+            self.decoding.beam_size if beam_size is None else beam_size,
+            self.decoding.ctc_weight if ctc_weight is None else ctc_weight,
+        )
+
+
+class Expert(Reader):
     def __init__(self, cfg: ExpertConfig):
         super().__init__()
         self.cfg = cfg
@@ -366,132 +481,27 @@ class Expert(nn.Module):
         h = self.decoder(x, enc, tgt_mask=causal, memory_key_padding_mask=~lengths_to_mask(enc_lengths, enc.shape[1]))
         return self.out(h)
 
-    def loss(
-        self,
-        video=None,
-        video_lengths=None,
-        audio=None,
-        audio_lengths=None,
-        tokens=None,
-        token_lengths=None,
-        reduction: str = "mean",
-        ctc_weight: float | None = None,
-        label_smoothing: float | None = None,
-    ) -> ExpertLoss:
-        """Joint CTC / attention loss; tokens (B, L) padded with VOCAB.pad, no <sos/eos>.
 
-        Each part is per target token of its item; reduction "none" gives (B,) tensors, "mean" their mean.
-        `ctc_weight` and `label_smoothing` default to the config's.
-        """
-        if tokens is None:
-            raise ValueError("Expert.loss needs the target tokens")
-        enc, n_enc = self.encode(video, video_lengths, audio, audio_lengths)
-        return self.loss_of_encoding(enc, n_enc, tokens, token_lengths, reduction, ctc_weight, label_smoothing)
-
-    def loss_of_encoding(
-        self,
-        enc: torch.Tensor,
-        n_enc: torch.Tensor,
-        tokens: torch.Tensor,
-        token_lengths=None,
-        reduction: str = "mean",
-        ctc_weight: float | None = None,
-        label_smoothing: float | None = None,
-    ) -> ExpertLoss:
-        """`loss` on an `encode` output (enc, n_enc): for a caller that also decodes the same encoding."""
-        lam = self.cfg.ctc_weight if ctc_weight is None else ctc_weight
-        smoothing = self.cfg.label_smoothing if label_smoothing is None else label_smoothing
-        tokens = tokens.to(self.device)
-        token_lengths = (token_lengths if token_lengths is not None else (tokens != VOCAB.pad).sum(1)).to(self.device)
-        logp = self.ctc_log_probs(enc)
-        ctc = F.ctc_loss(
-            logp.transpose(0, 1), tokens, n_enc, token_lengths, blank=VOCAB.blank, reduction="none", zero_infinity=True
-        ) / token_lengths.clamp(min=1)
-        b = tokens.shape[0]
-        valid = lengths_to_mask(token_lengths, tokens.shape[1])
-        sos = torch.full((b, 1), VOCAB.sos, dtype=torch.long, device=self.device)
-        ys_in = torch.cat([sos, tokens.masked_fill(~valid, VOCAB.pad)], 1)
-        ys_out = torch.cat([tokens.masked_fill(~valid, VOCAB.pad), sos], 1)
-        ys_out[torch.arange(b), token_lengths] = VOCAB.eos
-        out_valid = lengths_to_mask(token_lengths + 1, ys_out.shape[1])
-        logits = self.decode_step(ys_in, enc, n_enc)
-        ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=smoothing)
-        ce = (ce * out_valid).sum(1) / (token_lengths + 1)
-        total = lam * ctc + (1 - lam) * ce
-        if reduction == "none":
-            return ExpertLoss(total, ctc, ce)
-        if reduction != "mean":
-            raise ValueError(f"reduction must be 'mean' or 'none'; found {reduction!r}")
-        return ExpertLoss(total.mean(), ctc.mean(), ce.mean())
-
-    # ------------------------------------------------------------ decoding
-
-    @torch.no_grad()
-    def greedy_ctc(self, video=None, video_lengths=None, audio=None, audio_lengths=None) -> list[str]:
-        enc, n = self.encode(video, video_lengths, audio, audio_lengths)
-        return ctc_greedy_decode(self.ctc_log_probs(enc), n)
-
-    @torch.no_grad()
-    def beam_search(
-        self,
-        video=None,
-        video_lengths=None,
-        audio=None,
-        audio_lengths=None,
-        beam_size: int | None = None,
-        ctc_weight: float | None = None,
-    ) -> list[str]:
-        enc, n = self.encode(video, video_lengths, audio, audio_lengths)
-        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
-        return joint_beam_search(self, enc, n, beam_size, ctc_weight)
-
-    def transcribe(
-        self,
-        video=None,
-        video_lengths=None,
-        audio=None,
-        audio_lengths=None,
-        beam_size: int | None = None,
-        ctc_weight: float | None = None,
-    ) -> list[str]:
-        """Transcripts by beam search (beam_size > 1) or greedy CTC (beam_size <= 1), in eval mode; settings not
-        given are the model's `decoding`."""
-        beam_size, ctc_weight = self._settings(beam_size, ctc_weight)
-        was = self.training
-        self.eval()
-        try:
-            if beam_size <= 1:
-                return self.greedy_ctc(video, video_lengths, audio, audio_lengths)
-            return self.beam_search(video, video_lengths, audio, audio_lengths, beam_size, ctc_weight)
-        finally:
-            self.train(was)
-
-    def _settings(self, beam_size: int | None, ctc_weight: float | None) -> tuple[int, float]:
-        return (
-            self.decoding.beam_size if beam_size is None else beam_size,
-            self.decoding.ctc_weight if ctc_weight is None else ctc_weight,
-        )
-
-
-def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """Best path: argmax per frame, repeats collapsed, blanks removed."""
+def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocab=VOCAB) -> list[str]:
+    """Best path: argmax per frame, repeats collapsed, blanks removed; read with `vocab`."""
     best = log_probs.argmax(-1).cpu()
     out = []
     for b, n in enumerate(lengths.tolist()):
         path = best[b, :n].tolist()
-        out.append(VOCAB.decode(t for k, t in enumerate(path) if t != VOCAB.blank and (k == 0 or t != path[k - 1])))
+        out.append(vocab.decode(t for k, t in enumerate(path) if t != vocab.blank and (k == 0 or t != path[k - 1])))
     return out
 
 
 def joint_beam_search(
-    model: Expert, enc: torch.Tensor, enc_lengths: torch.Tensor, beam_size: int, ctc_weight: float
+    model: Reader, enc: torch.Tensor, enc_lengths: torch.Tensor, beam_size: int, ctc_weight: float
 ) -> list[str]:
     """Batched beam search: score = (1-w)·log p_att + w·log p_ctc-prefix (ESPnet's joint decoding).
 
     The CTC prefix score of every extension of every hypothesis is computed for the whole vocabulary
-    at once (the vocabulary is ~30 characters), with the forward variables of each hypothesis kept.
+    at once (the vocabulary is ~30 characters; auto-AVSR's 5,049 word pieces cost more but fit), with the forward
+    variables of each hypothesis kept. Token ids and the text are the model's `vocab`'s.
     """
-    device, neg = enc.device, -1e30
+    vocab, device, neg = model.vocab, enc.device, -1e30
     B, T, _ = enc.shape
     K, V = beam_size, model.cfg.vocab_size
     N = B * K
@@ -501,13 +511,13 @@ def joint_beam_search(
     x = x.repeat_interleave(K, 0)  # (N, T, V)
     enc_k, len_k = enc.repeat_interleave(K, 0), enc_lengths.repeat_interleave(K, 0)
     last_t = len_k - 1
-    blank = x[:, :, VOCAB.blank]
+    blank = x[:, :, vocab.blank]
     r_n = torch.full((N, T), neg, device=device)  # forward variables of each hypothesis' prefix
     r_b = torch.cumsum(blank, 1)
     valid_t = tmask.repeat_interleave(K, 0)
     r_b = r_b.masked_fill(~valid_t, neg)
     psi_prev = torch.zeros(N, device=device)
-    ys = torch.full((N, 1), VOCAB.sos, dtype=torch.long, device=device)
+    ys = torch.full((N, 1), vocab.sos, dtype=torch.long, device=device)
     score = torch.full((B, K), neg, device=device)
     score[:, 0] = 0.0
     score = score.view(N)
@@ -535,18 +545,18 @@ def joint_beam_search(
             new_b[:, t] = torch.where(ok, b_t, neg)
             log_psi = torch.where(ok, torch.logaddexp(log_psi, phi[:, t - 1] + x[:, t]), log_psi)
         end = torch.logaddexp(rn_prev, rb_prev).gather(1, last_t[:, None])[:, 0]
-        log_psi[:, VOCAB.eos] = end
-        log_psi[:, VOCAB.blank] = neg
+        log_psi[:, vocab.eos] = end
+        log_psi[:, vocab.blank] = neg
         ctc_delta = log_psi - psi_prev[:, None]
         joint = (1 - ctc_weight) * att + ctc_weight * ctc_delta
-        joint[:, VOCAB.blank] = neg
+        joint[:, vocab.blank] = neg
         total = (score[:, None] + joint).view(B, K * V)
         top, idx = total.topk(K, dim=1)  # (B, K)
         src = (idx // V) + torch.arange(B, device=device)[:, None] * K
         tok = idx % V
         src, tok, top = src.view(N), tok.view(N), top.view(N)
         # finished hypotheses leave the beam
-        ended = (tok == VOCAB.eos) & (top > neg / 2)
+        ended = (tok == vocab.eos) & (top > neg / 2)
         for n in ended.nonzero()[:, 0].tolist():
             b = n // K
             if alive[b]:
@@ -569,14 +579,14 @@ def joint_beam_search(
         if not finished[b]:
             out.append("")
             continue
-        out.append(VOCAB.decode(max(finished[b], key=lambda h: h[0])[1]))
+        out.append(vocab.decode(max(finished[b], key=lambda h: h[0])[1]))
     return out
 
 
 # ---------------------------------------------------------------- reader folders
 
 
-def save_reader(model: Expert, folder: str | Path, decoding: Decoding | None = None) -> Path:
+def save_reader(model: Reader, folder: str | Path, decoding: Decoding | None = None) -> Path:
     """A reader folder: the weights and config (save_checkpoint) and decoding.json, the settings it decodes with
     (`decoding`, which also becomes the model's; default: the model's own)."""
     if decoding is not None:
@@ -602,9 +612,13 @@ def load_decoding(folder: str | Path) -> Decoding:
         raise ValueError(f'{path}: expected {{"beam_size": int, "ctc_weight": float}} ({e})') from None
 
 
-def load_expert(folder: str | Path, map_location: str | None = None) -> Expert:
+def load_expert(folder: str | Path, map_location: str | None = None) -> Reader:
     """A reader saved with save_reader (or save_checkpoint: then the default decoding), in eval mode (on CUDA when
-    there is one, unless `map_location`)."""
+    there is one, unless `map_location`): an Expert, or a converted auto-AVSR reader (avguide.models.autoavsr)."""
+    if (Path(folder) / "model.safetensors").is_file() and checkpoint_class(folder) == "AutoAVSR":
+        from avguide.models.autoavsr import load_autoavsr
+
+        return load_autoavsr(folder, map_location)
     device = map_location or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(Expert, ExpertConfig, folder, map_location=device).to(device).eval()
     model.decoding = load_decoding(folder)

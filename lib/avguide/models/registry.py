@@ -33,11 +33,12 @@ def _guess_class(folder: Path) -> str:
     """For a checkpoint written before classes were recorded: the one animator whose config dataclass has
     the keys of config.json (save_checkpoint writes every field but the optional ones left at their default)."""
     keys = set(json.loads((folder / "config.json").read_text()))
-    matches = [
-        name
-        for name, (_, cfg_cls) in BY_CLASS.items()
-        if {f.name for f in fields(cfg_cls) if not f.metadata.get("optional")} <= keys <= {f.name for f in fields(cfg_cls)}
-    ]
+
+    def fits(cfg_cls) -> bool:
+        required = {f.name for f in fields(cfg_cls) if not f.metadata.get("optional")}
+        return required <= keys <= {f.name for f in fields(cfg_cls)}
+
+    matches = [name for name, (_, cfg_cls) in BY_CLASS.items() if fits(cfg_cls)]
     if len(matches) != 1:
         raise CheckpointError(
             f"{folder / 'model.safetensors'}: the checkpoint does not record its class and "

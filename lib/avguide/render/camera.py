@@ -65,3 +65,20 @@ def face_camera(template, size: int = 256, margin: float = 0.05) -> OrthoCamera:
     if v.ndim != 2 or v.shape[1] != 3:
         raise ValueError(f"template vertices must be (V, 3); got {v.shape}")
     return _square(v[:, :2].min(0), v[:, :2].max(0), margin, size)
+
+
+def facing_share(template, faces, ids=None) -> float:
+    """Share of the area (seen by the cameras here, looking along -z with y up) of the triangles touching vertex
+    `ids` (all triangles when None) that faces the camera: counter-clockwise seen from +z, so not culled. Near 1 for
+    a face mesh in FLAME's frame; near 0 when the mesh is turned away or its triangles wind the other way (the
+    renders then show the background where the face should be). NaN when no triangle is involved."""
+    v = np.asarray(getattr(template, "vertices", template), np.float64)
+    f = np.asarray(faces, np.int64)
+    if ids is not None:
+        touched = np.zeros(len(v), bool)
+        touched[np.asarray(ids)] = True
+        f = f[touched[f].any(1)]
+    a, b, c = v[f[:, 0], :2], v[f[:, 1], :2], v[f[:, 2], :2]
+    area = ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])) / 2
+    total = np.abs(area).sum()
+    return float(area.clip(min=0).sum() / total) if total > 0 else float("nan")

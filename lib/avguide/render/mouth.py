@@ -8,11 +8,16 @@ import torch
 
 from avguide.render import MeshRenderer, RasterSettings, mouth_camera
 
+UNIFORM_ALBEDO = 0.7  # the grey of meshes without albedo (VOCASET, BIWI), as avguide.render.stream paints them
+
 
 class MouthView:
     """Renders (T, V, 3) vertex sequences of one topology: its faces and albedo (a uniform grey when the
     corpus has none, as VOCASET and BIWI), through each subject's mouth camera (fixed from the template's
-    lip vertices). Differentiable with respect to the vertices; frames are rendered `chunk` at a time.
+    lip vertices). Differentiable with respect to the vertices; frames are rendered `chunk` at a time. The camera
+    is framed from the template and the lip ids alone (no constant of the synthetic head), so any mesh in metres
+    with y up and the face towards +z works (FLAME, BIWI); where the mesh has no mouth interior (FLAME, BIWI), the
+    open mouth shows the background, since the back of the head faces away from the camera and is culled.
 
     With `render_size` (a divisor of `size`) the mesh is rasterized at that resolution and each pixel repeated
     to fill `size` x `size` frames: the expert average-pools its 80 px centre crop by 2 (video_pool), so a 44 px
@@ -24,9 +29,8 @@ class MouthView:
         if render_size < 1 or size % render_size:
             raise ValueError(f"MouthView: render_size must divide size {size}; got {render_size}")
         self.faces = torch.as_tensor(np.asarray(topology.faces), dtype=torch.long)
-        n_vertices = int(self.faces.max()) + 1
-        albedo = topology.albedo if topology.albedo is not None else np.full(n_vertices, 0.7)
-        self.albedo = torch.as_tensor(np.asarray(albedo), dtype=torch.float32)
+        albedo = getattr(topology, "albedo", None)  # None: uniform grey, sized by the vertices rendered
+        self.albedo = None if albedo is None else torch.as_tensor(np.asarray(albedo), dtype=torch.float32)
         self.lip_ids = np.asarray(topology.lip_ids)
         self.size, self.chunk, self.render_size = size, chunk, render_size
 
@@ -37,7 +41,8 @@ class MouthView:
     def clip(self, vertices: torch.Tensor, template) -> torch.Tensor:
         """(T, V, 3) vertices of a subject with this template -> (T, H, W) grey frames in [0, 1]."""
         render = self.renderer(template)
-        faces, albedo = self.faces.to(vertices.device), self.albedo.to(vertices.device)
+        albedo = self.albedo if self.albedo is not None else torch.full((vertices.shape[-2],), UNIFORM_ALBEDO)
+        faces, albedo = self.faces.to(vertices.device), albedo.to(vertices.device)
         frames = torch.cat(
             [render(vertices[k : k + self.chunk], faces, albedo) for k in range(0, len(vertices), self.chunk)]
         )

@@ -86,7 +86,7 @@ class ExpertModule(pl.LightningModule):
         self.log("val/loss", out.loss, batch_size=n, prog_bar=True)
         self.log("val/ctc", out.ctc, batch_size=n)
         self.log("val/ce", out.ce, batch_size=n)
-        self._val_hyps += ctc_greedy_decode(self.model.ctc_log_probs(enc), n_enc)
+        self._val_hyps += ctc_greedy_decode(self.model.ctc_log_probs(enc), n_enc, self.model.vocab)
         self._val_refs += batch["texts"]
 
     def on_validation_epoch_end(self):
