@@ -181,6 +181,73 @@ def test_guided_fine_tuning_from_the_baseline(tiny_corpus, tmp_path):
     assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight)
 
 
+def test_guided_fine_tuning_with_an_auto_avsr_reader(tiny_corpus, tmp_path):
+    """guide.expert_out may hold a converted auto-AVSR reader (here a tiny one of that shape): the paper's term
+    and the placebo read the renders with it as with our expert."""
+    from avguide.models.autoavsr import AutoAVSR, AutoAVSRConfig, save_autoavsr
+    from avguide.models.checkpoint import load_checkpoint
+    from avguide.models.registry import ANIMATORS
+    from avguide.training.guide import guide_animator
+    from avguide.training.run import train_animator
+
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    train_animator(params, "faceformer", progress=False)
+    torch.manual_seed(0)
+    tiny = dict(d_model=16, n_heads=2, ffn_dim=32, encoder_layers=1, conv_kernel=3, decoder_layers=1)
+    reader = AutoAVSR(AutoAVSRConfig(mode="av", resnet_channels=(4, 8), resnet_blocks=1, fusion_dim=24, **tiny))
+    save_autoavsr(reader, tmp_path / "expert-3d" / "model")
+    reading = {"rlv": 1.0, "term": "reader", "audio_mask": 0.5, "grad_ratio": 0.5}
+    params["guide"] = {
+        "expert_out": str(tmp_path / "expert-3d"),
+        "epochs": 1,
+        "lr": 1e-3,
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
+        "render_size": 88,  # the release reads 88 px crops unpooled
+        "weights": {"avguide": {**reading, "joint": True}, "placebo": {**reading, "reader": "random"}},
+    }
+    base = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / "faceformer" / "model")
+    for loss in ("avguide", "placebo"):
+        metrics = guide_animator(params, "faceformer", loss, seed=3, progress=False)
+        assert np.isfinite(metrics["LVE"]) and metrics["weight"] > 0, loss
+        tuned = load_checkpoint(*ANIMATORS["faceformer"], tmp_path / "models" / f"faceformer-{loss}-seed3" / "model")
+        assert not torch.equal(base.motion_out.weight, tuned.motion_out.weight), loss
+
+
+def test_finetune_expert_starts_from_guide_expert_start(tiny_corpus, tmp_path):
+    """guide.expert_start: the reader finetune_expert fine-tunes on 3D renders (e.g. a converted auto-AVSR reader)
+    instead of pretrain_expert's; the result is a reader folder of the same kind."""
+    from avguide.models.autoavsr import AutoAVSR, AutoAVSRConfig
+    from avguide.models.expert import load_expert, save_reader
+    from avguide.training.guide import finetune_expert
+
+    torch.manual_seed(0)
+    tiny = dict(d_model=16, n_heads=2, ffn_dim=32, encoder_layers=1, conv_kernel=3, decoder_layers=1)
+    reader = AutoAVSR(AutoAVSRConfig(mode="av", resnet_channels=(4, 8), resnet_blocks=1, fusion_dim=24, **tiny))
+    save_reader(reader, tmp_path / "avsr")
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    params["pretrain_expert"] = {
+        "out": str(tmp_path / "nowhere"),  # not read
+        "batch_size": 2,
+        "augment": {},
+        "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1},
+        "eval": {"masked_audio_fraction": 0.7},
+    }
+    params["guide"] = {
+        "expert_out": str(tmp_path / "expert-3d"),
+        "expert_start": str(tmp_path / "avsr"),
+        "expert_epochs": 1,
+        "expert_lr": 1e-3,
+        "expert_warmup_steps": 1,
+        "render_size": 88,
+    }
+    metrics = finetune_expert(params, progress=False)
+    assert "before_cer" in metrics and "after_cer" in metrics
+    tuned = load_expert(tmp_path / "expert-3d" / "model", "cpu")
+    assert isinstance(tuned, AutoAVSR)
+    assert not torch.equal(tuned.ctc.ctc_lo.weight, reader.ctc.ctc_lo.weight)
+
+
 def test_guide_start_fine_tunes_the_given_folder(tiny_corpus, tmp_path):
     """guide.start: the guide stage fine-tunes the model folder given (e.g. a converted published checkpoint)
     instead of the baseline; one whose styles are other subjects than the corpus' is refused, naming both."""

@@ -64,6 +64,16 @@ def read_renders(readers: list[Expert], corpus: Corpus, view: MouthView, sequenc
     return reads[0][0], [hyps for _, hyps in reads]
 
 
+def judge_folders(params: dict) -> list[Path]:
+    """The judges' reader folders: pretrain_judge's (pretrain_expert.out/judge, /judge2), or the folder eval.judges
+    names for that judge instead (e.g. a converted auto-AVSR visual-only reader, the paper's judge)."""
+    readers, override = project_root() / params["pretrain_expert"]["out"], params["eval"].get("judges") or {}
+    names = judges(params["pretrain_expert"])
+    if set(override) - set(names):
+        raise ValueError(f"eval.judges: {sorted(set(override) - set(names))} are not judges of pretrain_expert {names}")
+    return [Path(override[name]) if override.get(name) else readers / name for name in names]
+
+
 class TestScorer:
     """Scores (T, V, 3) predictions of the test utterances as the evaluate stage does: geometry, lip articulation,
     and the judge's reading of their mouth renders (avguide.scoring.score)."""
@@ -73,8 +83,7 @@ class TestScorer:
         self.params, self.progress = params, progress
         self.corpus = Corpus(root / params["prepare"]["out"])
         self.test = TalkingFaceDataset(self.corpus, "test", cache=True)
-        readers = root / params["pretrain_expert"]["out"]
-        self.judges = [load_expert(readers / name, map_location="cpu") for name in judges(params["pretrain_expert"])]
+        self.judges = [load_expert(folder, map_location="cpu") for folder in judge_folders(params)]
         self.view = MouthView(self.corpus.topology)
         items = [self.test[i] for i in range(len(self.test))]
         self.true = [item["vertices"].numpy() for item in items]

@@ -25,8 +25,11 @@ MODEL_DIR = "data/models/expert"  # the default reader folders, below the projec
 
 
 def reader_folder(model_dir: str | Path | None, audio: bool) -> Path:
-    """`model_dir`/model (the AV expert) when reading with `audio`, else `model_dir`/judge; checked."""
+    """`model_dir` itself when it holds a reader (e.g. `avguide convert autoavsr`'s folder), else `model_dir`/model
+    (the AV expert) when reading with `audio` and `model_dir`/judge without; checked."""
     folder = Path(model_dir) if model_dir is not None else project_root() / MODEL_DIR
+    if (folder / "config.json").is_file():
+        return folder
     sub = folder / ("model" if audio else "judge")
     if not (sub / "config.json").is_file():
         raise FileNotFoundError(

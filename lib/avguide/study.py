@@ -89,6 +89,8 @@ def run_key(params: dict, run: dict, inputs: dict) -> dict:
     key["inputs"] = inputs
     if params["guide"].get("start", {}).get(run["animator"]):  # fine-tuned from a folder other than the baseline
         key["start"] = params["guide"]["start"][run["animator"]]
+    if any((params["eval"].get("judges") or {}).values()):  # judged by readers other than pretrain_judge's
+        key["judges"] = params["eval"]["judges"]
     if run["setting"].get("from_start"):  # trained on train's schedule, not guide's
         t = params["train"]
         key["train"] = {"lr": t["lr"], "max_epochs": t["trainer"]["max_epochs"], run["animator"]: t[run["animator"]]}

@@ -424,6 +424,13 @@ class AutoAVSR(Reader):
     def device(self) -> torch.device:
         return self.ctc.ctc_lo.weight.device
 
+    def save_vocabulary(self, folder: Path) -> None:
+        """The SentencePiece model and units beside the weights, when the reader reads word pieces."""
+        if isinstance(self.vocab, SentencePieceVocabulary):
+            for src, name in ((self.vocab.model, SPM_FILE), (self.vocab.units, UNITS_FILE)):
+                if src.resolve() != (folder / name).resolve():
+                    shutil.copyfile(src, folder / name)
+
     def frames_for(self, audio_lengths: torch.Tensor) -> torch.Tensor:
         """Frames of audio-only input: whole 640-sample hops (as the release), at least one."""
         return (audio_lengths // AUDIO_HOP).clamp(min=1)
@@ -516,13 +523,8 @@ class AutoAVSR(Reader):
 
 
 def save_autoavsr(model: AutoAVSR, folder: str | Path, decoding: Decoding | None = None) -> Path:
-    """A reader folder (save_reader), with the SentencePiece model and units beside the weights when it has them."""
-    folder = save_reader(model, folder, decoding)
-    if isinstance(model.vocab, SentencePieceVocabulary):
-        for src, name in ((model.vocab.model, SPM_FILE), (model.vocab.units, UNITS_FILE)):
-            if src.resolve() != (folder / name).resolve():
-                shutil.copyfile(src, folder / name)
-    return folder
+    """A reader folder: save_reader's, which also writes the vocabulary files (AutoAVSR.save_vocabulary)."""
+    return save_reader(model, folder, decoding)
 
 
 def load_autoavsr(folder: str | Path, map_location: str | None = None) -> AutoAVSR:

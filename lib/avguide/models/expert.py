@@ -593,6 +593,8 @@ def save_reader(model: Reader, folder: str | Path, decoding: Decoding | None = N
         model.decoding = decoding
     folder = save_checkpoint(model, folder)
     (folder / DECODING_FILE).write_text(json.dumps(asdict(model.decoding), indent=1) + "\n")
+    if hasattr(model, "save_vocabulary"):  # a reader of word pieces: its tokenizer files too
+        model.save_vocabulary(folder)
     return folder
 
 

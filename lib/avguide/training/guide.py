@@ -31,8 +31,7 @@ from avguide.data.text import VOCAB
 from avguide.losses import CriticTerm, FeatureTerm, LossSetting, MotionBasis, ReaderTerm, calibrate
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig
-from avguide.models.checkpoint import load_checkpoint
-from avguide.models.expert import Expert, ExpertConfig, load_expert, save_reader
+from avguide.models.expert import Expert, load_expert, save_reader
 from avguide.models.registry import ANIMATORS, load_animator
 from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
@@ -82,27 +81,30 @@ def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: st
 
 def guide_view(topology, render_size: int, expert: Expert) -> MouthView:
     """The mouth view of L_av and of the expert's fine-tuning, rasterized at `render_size` (guide.render_size),
-    which must not be coarser than the grid the expert reads (the view's frames pooled by video_pool)."""
+    which must not be coarser than the grid the expert reads (the view's frames pooled by video_pool; an auto-AVSR
+    reader pools nothing)."""
     view = MouthView(topology, render_size=render_size)
-    if render_size * expert.cfg.video_pool < view.size:
-        need = math.ceil(view.size / expert.cfg.video_pool)
+    pool = getattr(expert.cfg, "video_pool", 1)
+    if render_size * pool < view.size:
         raise ValueError(
             f"guide.render_size {render_size} is coarser than the expert's input grid ({view.size} px "
-            f"pooled by video_pool {expert.cfg.video_pool}); use at least {need}"
+            f"pooled by video_pool {pool}); use at least {math.ceil(view.size / pool)}"
         )
     return view
 
 
 def finetune_expert(params: dict, progress: bool = True) -> dict:
-    """Stage 1: fine-tune the pretrained AV expert on renders of the 3D training subjects; write
-    guide.expert_out/ (model/, dvclive/, metrics.json with the before/after CER on the 3D test subjects)."""
+    """Stage 1: fine-tune the pretrained AV expert (pretrain_expert.out/model, or the reader folder guide.expert_start,
+    e.g. a converted auto-AVSR audio-visual reader) on renders of the 3D training subjects; write guide.expert_out/
+    (model/, dvclive/, metrics.json with the before/after CER on the 3D test subjects)."""
     set_threads(params)
     g, pe = params["guide"], params["pretrain_expert"]
     root = project_root()
     pl.seed_everything(params["seed"], workers=True)
     out = root / g["expert_out"]
     corpus = Corpus(root / params["prepare"]["out"])
-    expert = load_expert(root / pe["out"] / "model", map_location="cpu")  # with the decoding it was saved with
+    source = Path(g["expert_start"]) if g.get("expert_start") else root / pe["out"] / "model"
+    expert = load_expert(source, map_location="cpu")  # with the decoding it was saved with
     view = guide_view(corpus.topology, g["render_size"], expert)
     train, test = (
         render_items(corpus, "train", view, progress=progress),
@@ -156,10 +158,11 @@ def loss_term(setting: LossSetting, params: dict, corpus: Corpus, seed: int):
         return None
     if setting.term == "critic":
         return CriticTerm(load_critic(root / params["pretrain_critic"]["out"] / "model"), corpus.topology.lip_ids)
-    expert = load_checkpoint(Expert, ExpertConfig, root / g["expert_out"] / "model")
+    expert = load_expert(root / g["expert_out"] / "model", map_location="cpu").train()  # ours, or auto-AVSR's
     if setting.reader == "random":  # the placebo: the same architecture, never trained
         torch.manual_seed(seed + 1)
-        expert = Expert(expert.cfg)
+        random = type(expert)(expert.cfg)
+        random.vocab, expert = expert.vocab, random
     view = guide_view(corpus.topology, g["render_size"], expert)
     return (ReaderTerm if setting.term == "reader" else FeatureTerm)(expert, view, setting)
 
