@@ -248,6 +248,41 @@ def test_finetune_expert_starts_from_guide_expert_start(tiny_corpus, tmp_path):
     assert not torch.equal(tuned.ctc.ctc_lo.weight, reader.ctc.ctc_lo.weight)
 
 
+def test_a_converted_faceformer_is_fine_tuned_with_guidance(tiny_corpus, tmp_path):
+    """A published FaceFormer after `avguide convert` (here BIWI's layout and audio alignment: two audio features
+    a frame) trains under the guide stage from guide.start: its weights move and it still predicts every frame."""
+    from avguide.convert.faceformer import convert_faceformer, official_state_dict
+    from avguide.data.corpus import Corpus
+    from avguide.data.dataset import TalkingFaceDataset
+    from avguide.models.faceformer import FaceFormer, FaceFormerConfig
+    from avguide.models.registry import load_animator
+    from avguide.training.guide import guide_animator
+
+    corpus = Corpus(tiny_corpus)
+    subjects = TalkingFaceDataset(corpus, "train").train_subjects
+    audio = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=(32,) * 7,
+                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.05)  # fmt: skip
+    torch.manual_seed(0)
+    n_vertices = len(corpus.templates[subjects[0]])
+    public = FaceFormer(FaceFormerConfig(n_vertices, len(subjects), feature_dim=128, audio=audio))
+    torch.save(official_state_dict(public), tmp_path / "biwi.pth")
+    convert_faceformer(tmp_path / "biwi.pth", "biwi", tmp_path / "converted", subjects=subjects[::-1], audio=audio)
+    params = tiny_params(tiny_corpus, tmp_path / "models")
+    params["guide"] = {
+        "start": {"faceformer": str(tmp_path / "converted")},
+        "epochs": 1,
+        "lr": 1e-3,
+        "expert_lr_joint": 1e-4,
+        "calibration_batches": 1,
+        "weights": {"mse+rlv": {"mse": 1.0, "rlv": 1.0}},
+    }
+    metrics = guide_animator(params, "faceformer", "mse+rlv", seed=0, progress=False)
+    tuned = load_animator(tmp_path / "models" / "faceformer-mse+rlv-seed0" / "model")
+    start = load_animator(tmp_path / "converted")
+    assert tuned.cfg.audio_align == "biwi" and np.isfinite(metrics["LVE"])
+    assert not torch.equal(tuned.motion_out.weight, start.motion_out.weight)
+
+
 def test_guide_start_fine_tunes_the_given_folder(tiny_corpus, tmp_path):
     """guide.start: the guide stage fine-tunes the model folder given (e.g. a converted published checkpoint)
     instead of the baseline; one whose styles are other subjects than the corpus' is refused, naming both."""
