@@ -42,6 +42,25 @@ def test_a_run_is_done_only_with_the_same_key(tmp_path):
     assert not done(tmp_path, {**key, "inputs": {"a": "2"}})  # the baseline or a reader changed
 
 
+def test_a_run_is_keyed_on_the_models_it_reads_not_their_timings(tmp_path):
+    """input_hashes: the model folders of the stages a run reads; a stage run again whose models came out the same
+    (its metrics.json and notebook hold new times) leaves every run of the study done."""
+    from avguide.study import input_hashes
+
+    def lock(times):
+        outs = [
+            {"path": "data/models/critic/model", "md5": "aa.dir"},
+            {"path": "data/models/critic/metrics.json", "md5": f"{times}"},
+            {"path": "data/notebooks/02c_pretrain_critic.ipynb", "md5": f"n{times}"},
+            {"path": "data/models/expert/dvclive/model", "md5": f"d{times}.dir"},
+        ]
+        stages = {"pretrain_critic": {"outs": outs}, "evaluate": {"outs": [{"path": "e", "md5": "e.dir"}]}}
+        (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": stages}))
+        return input_hashes(tmp_path)
+
+    assert lock("1") == lock("2") == {"data/models/critic/model": "aa.dir"}
+
+
 def test_diagnostics_are_the_means_of_the_logged_curves(tmp_path):
     curves = tmp_path / "plots" / "metrics" / "train"
     curves.mkdir(parents=True)

@@ -74,13 +74,16 @@ def plan(params: dict) -> list[dict]:
 
 
 def input_hashes(root: Path) -> dict:
-    """The md5 of every output of the stages a run reads, from dvc.lock (what the study was run on)."""
+    """The md5 of every model folder of the stages a run reads, from dvc.lock (what the study was run on). Not their
+    metrics, logs or executed notebooks: those record training times, so a stage run again with the same models
+    would otherwise make every run of the study look out of date."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     return {
         out["path"]: out.get("md5")
         for name, stage in sorted(lock.items())
         if name.split("@")[0] in INPUTS
         for out in stage.get("outs", [])
+        if str(out.get("md5", "")).endswith(".dir") and "dvclive" not in out["path"]
     }
 
 
