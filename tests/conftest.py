@@ -2,6 +2,22 @@ import hashlib
 
 import pytest
 
+# A wav2vec 2.0 of wav2vec2-base's structure (group norm, post-norm transformer) at a test's size: the audio encoder
+# of converted published animators in the tests.
+SMALL_BASE_AUDIO = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(32,) * 7,
+    feat_extract_norm="group",
+    do_stable_layer_norm=False,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    mask_time_prob=0.05,
+    layerdrop=0.0,
+)
+
 # A reader (expert or judge) small enough to train in a test.
 TINY_READER = dict(
     d_model=32,

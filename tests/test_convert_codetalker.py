@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_BASE_AUDIO as AUDIO
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -22,19 +23,6 @@ from avguide.convert.codetalker import SIZES, convert_codetalker, convert_state,
 from avguide.models.faceformer import BASE_WAV2VEC2
 from avguide.models.registry import load_animator
 
-AUDIO = dict(  # a small wav2vec 2.0 with wav2vec2-base's structure (group norm, post-norm transformer)
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(32,) * 7,
-    feat_extract_norm="group",
-    do_stable_layer_norm=False,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    mask_time_prob=0.05,
-    layerdrop=0.0,
-)
 V = 40
 SMALL = {  # the public structure at small widths (codes_per_frame and period as published)
     "vocaset": dict(n_vertices=V, feature_dim=32, n_layers=2, vq_dim=64, vq_layers=2, vq_ff=96, n_codes=32),

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_BASE_AUDIO as AUDIO
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -17,19 +18,6 @@ from avguide.convert import ConversionError
 from avguide.convert.faceformer import convert_faceformer
 from avguide.models.registry import load_animator
 
-AUDIO = dict(  # a small wav2vec 2.0 with wav2vec2-base's structure (group norm, post-norm transformer)
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(32,) * 7,
-    feat_extract_norm="group",
-    do_stable_layer_norm=False,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    mask_time_prob=0.05,
-    layerdrop=0.0,
-)
 SETUP = {"vocaset": dict(d=64, period=30, subjects=8), "biwi": dict(d=128, period=25, subjects=6)}
 
 

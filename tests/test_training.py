@@ -260,8 +260,8 @@ def test_a_converted_faceformer_is_fine_tuned_with_guidance(tiny_corpus, tmp_pat
 
     corpus = Corpus(tiny_corpus)
     subjects = TalkingFaceDataset(corpus, "train").train_subjects
-    audio = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=(32,) * 7,
-                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, mask_time_prob=0.05)  # fmt: skip
+    from conftest import SMALL_BASE_AUDIO as audio
+
     torch.manual_seed(0)
     n_vertices = len(corpus.templates[subjects[0]])
     public = FaceFormer(FaceFormerConfig(n_vertices, len(subjects), feature_dim=128, audio=audio))

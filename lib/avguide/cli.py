@@ -544,19 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", parents=[common], help="a published checkpoint -> a model folder of ours")
     source = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    c = source.add_parser("faceformer", help="FaceFormer's vocaset.pth / biwi.pth (or the paper's, same layout)")
-    c.add_argument("checkpoint", help="the .pth file the public code saved")
-    c.add_argument("--dataset", required=True, choices=["vocaset", "biwi"], help="what it was trained on")
-    c.add_argument("--subjects", nargs="+", help="training subjects in one-hot order (default: the public code's)")
-    c.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
-    c.set_defaults(run=cmd_convert)
-    c = source.add_parser("codetalker", help="CodeTalker's stage-1 (VQ-VAE) and stage-2 checkpoints")
-    c.add_argument("stage1", help="the stage-1 .pth.tar")
-    c.add_argument("stage2", help="the stage-2 .pth.tar")
-    c.add_argument("--dataset", required=True, choices=["vocaset", "biwi"], help="what it was trained on")
-    c.add_argument("--subjects", nargs="+", help="training subjects in one-hot order (default: the public code's)")
-    c.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
-    c.set_defaults(run=cmd_convert)
+    animators = {
+        "faceformer": ("FaceFormer's vocaset.pth / biwi.pth (or the paper's, same layout)", {"checkpoint": "the .pth"}),
+        "codetalker": (
+            "CodeTalker's stage-1 (VQ-VAE) and stage-2 checkpoints",
+            {"stage1": "the stage-1 .pth.tar", "stage2": "the stage-2 .pth.tar"},
+        ),
+    }
+    for name, (what, files) in animators.items():
+        c = source.add_parser(name, help=what)
+        for file, about in files.items():
+            c.add_argument(file, help=about)
+        c.add_argument("--dataset", required=True, choices=["vocaset", "biwi"], help="what it was trained on")
+        c.add_argument("--subjects", nargs="+", help="training subjects in one-hot order (default: the public code's)")
+        c.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
+        c.set_defaults(run=cmd_convert)
     c = source.add_parser("autoavsr", help="auto-AVSR's audio-visual, visual-only or audio-only reader")
     c.add_argument("checkpoint", help="the .pth (or Lightning .ckpt) file")
     c.add_argument("--spm", required=True, help="its SentencePiece model, e.g. spm/unigram/unigram5000.model")
