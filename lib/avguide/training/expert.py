@@ -36,19 +36,21 @@ from avguide.data.avdataset import AVDataset, collate_av, decode_corpus
 from avguide.data.corpus import Corpus
 from avguide.metrics import cer, wer
 from avguide.models.augment import AugmentConfig, augment_av, mask_chunks
-from avguide.models.expert import Decoding, Expert, ExpertConfig, ctc_greedy_decode, save_reader
+from avguide.models.autoavsr import AutoAVSR, AutoAVSRConfig
+from avguide.models.expert import Decoding, Expert, ExpertConfig, Reader, ctc_greedy_decode, save_reader
 from avguide.params import project_root, set_threads
 from avguide.render.mouth import MouthView
 from avguide.training.animator import make_trainer
 
 
 class ExpertModule(pl.LightningModule):
-    """Trains an Expert on collate_av batches: augmentation (training only), joint CTC/attention loss,
-    AdamW with linear warm-up and cosine decay; logs train/{loss,ctc,ce}, val/{loss,ctc,ce}, val/cer (greedy CTC)."""
+    """Trains a reader (an Expert or an AutoAVSR) on collate_av batches: augmentation (training only), joint
+    CTC/attention loss, AdamW with linear warm-up and cosine decay; logs train/{loss,ctc,ce}, val/{loss,ctc,ce},
+    val/cer (greedy CTC)."""
 
     def __init__(
         self,
-        model: Expert,
+        model: Reader,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
@@ -136,6 +138,7 @@ def data_stamp(dataset: AVDataset) -> str:
 EVAL_ONLY = ("beam_size", "decode_ctc_weight", "eval")  # settings that change no weight
 TRAINING_CODE = (
     "avguide.models.expert",
+    "avguide.models.autoavsr",
     "avguide.models.augment",
     "avguide.data.avdataset",
     "avguide.training.expert",
@@ -151,7 +154,9 @@ def code_stamp() -> str:
     return h.hexdigest()
 
 
-def resume_stamp(cfg: ExpertConfig, settings: dict, trainer_cfg: dict, seed: int, train: AVDataset) -> str:
+def resume_stamp(
+    cfg: ExpertConfig | AutoAVSRConfig, settings: dict, trainer_cfg: dict, seed: int, train: AVDataset
+) -> str:
     """What a checkpoint must have been trained with to be resumed: the model, the training settings (not the
     evaluation's: changing the beam re-decodes, it does not retrain), the trainer, the seed, the data and the code."""
     training = {k: v for k, v in settings.items() if k not in EVAL_ONLY}
@@ -176,7 +181,7 @@ def reader_decoding(settings: dict) -> Decoding:
 
 def fit_reader(
     name: str,
-    cfg: ExpertConfig,
+    cfg: ExpertConfig | AutoAVSRConfig,
     settings: dict,
     train: AVDataset,
     val: AVDataset | None,
@@ -185,13 +190,14 @@ def fit_reader(
     trainer_cfg: dict,
     progress: bool = True,
     callbacks: list | None = None,
-) -> Expert:
-    """Train one reader (`cfg.mode`) and write out/<name>/ (weights, config, decoding settings). Resumes from
+) -> Reader:
+    """Train one reader (`cfg.mode`; an AutoAVSR for an AutoAVSRConfig, else an Expert) and write out/<name>/
+    (weights, config, decoding settings). Resumes from
     out/checkpoints/<name>/last.ckpt when it was written with the same settings; other settings start afresh."""
     from dvclive.lightning import DVCLiveLogger
 
     pl.seed_everything(seed, workers=True)
-    model = Expert(cfg)
+    model = AutoAVSR(cfg) if isinstance(cfg, AutoAVSRConfig) else Expert(cfg)
     ckpt_dir = out / "checkpoints" / name
     fingerprint = resume_stamp(cfg, settings, trainer_cfg, seed, train)
     stamp = ckpt_dir / "settings.json"
@@ -240,7 +246,7 @@ def _batches(dataset: AVDataset, batch_size: int):
 
 @torch.no_grad()
 def transcribe_dataset(
-    model: Expert,
+    model: Reader,
     dataset: AVDataset,
     beam_size: int | None = None,
     ctc_weight: float | None = None,
@@ -296,7 +302,7 @@ def score(refs, hyps, prefix: str) -> dict:
     return {f"{prefix}_cer": cer(refs, hyps), f"{prefix}_wer": wer(refs, hyps)}
 
 
-def evaluate_readers(expert: Expert, test: AVDataset, settings: dict) -> tuple[dict, dict]:
+def evaluate_readers(expert: Reader, test: AVDataset, settings: dict) -> tuple[dict, dict]:
     """The expert's test-identity figures: av, audio_only (zeroed video) and the masked-audio pair (true vs
     time-shuffled video). Returns (metrics, examples)."""
     ev = settings["eval"]
@@ -348,7 +354,7 @@ def render_3d_split(corpus, split: str = "test", static: bool = False, size: int
 
 @torch.no_grad()
 def judge_renders(
-    judge: Expert, clips: list[tuple[np.ndarray, str]], beam_size: int, ctc_weight: float, batch_size: int = 32
+    judge: Reader, clips: list[tuple[np.ndarray, str]], beam_size: int, ctc_weight: float, batch_size: int = 32
 ) -> tuple[list[str], list[str]]:
     refs, hyps = [], []
     for k in range(0, len(clips), batch_size):
@@ -365,7 +371,18 @@ def judge_renders(
 # ------------------------------------------------------------------ the stage
 
 
-def reader_config(settings: dict, mode: str, fps: float) -> ExpertConfig:
+ARCHS = ("expert", "autoavsr")
+
+
+def reader_config(settings: dict, mode: str, fps: float) -> ExpertConfig | AutoAVSRConfig:
+    """The reader `settings` (params' pretrain_expert, or a judge's) describe: `arch` "expert" (the default), an
+    ExpertConfig of `model`; "autoavsr", an AutoAVSRConfig of `autoavsr` (the release's architecture, our
+    characters)."""
+    arch = settings.get("arch", "expert")
+    if arch not in ARCHS:
+        raise ValueError(f"params pretrain_expert.arch must be one of {ARCHS}; found {arch!r}")
+    if arch == "autoavsr":
+        return AutoAVSRConfig(mode=mode, fps=fps, ctc_weight=settings["ctc_weight"], **settings["autoavsr"])
     return ExpertConfig(mode=mode, fps=fps, ctc_weight=settings["ctc_weight"], **settings["model"])
 
 
@@ -375,8 +392,8 @@ def judges(settings: dict) -> list[str]:
 
 
 def _judge_settings(s: dict, name: str = "judge") -> dict:
-    j = s[name]
-    return {**s, "model": j["model"], "augment": {**s["augment"], **j.get("augment", {})}}
+    j = s[name]  # a judge is always of our architecture (`arch` applies to the expert)
+    return {**s, "arch": "expert", "model": j["model"], "augment": {**s["augment"], **j.get("augment", {})}}
 
 
 def _datasets(params: dict, splits: tuple[str, ...], progress: bool):
