@@ -4,8 +4,9 @@ JSON line.
 
 `--guided`: instead, the paper's guided training step with it as the jointly trained reader (benchmarks/gpu.py's
 GuidedStep: the paper-size FaceFormer (96 M parameters, a wav2vec2-base-size encoder, 5,023 vertices, 30 fps)
-predicts the clip, MouthView renders the 88 px mouth crops, the reader's CTC + CE on them with the audio, L_mse +
-L_rlv, backward, one Adam step over the animator and the reader), on gpu.py's synthetic FLAME-size face and speech.
+predicts the clip, MouthView renders the 88 px mouth crops at the reader's 25 fps, the reader's CTC + CE on them
+with the audio, L_mse + L_rlv, backward, one Adam step over the animator and the reader), on gpu.py's synthetic
+FLAME-size face and speech.
 
 Fresh weights (weights do not change the cost), a random 88×88 grey clip with its 16 kHz audio and a 6-word
 transcript, the release's 5,049 outputs (a stand-in vocabulary numbers the characters among them, so the
@@ -50,10 +51,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    fps = 30 if args.guided else 25  # the animator's frame rate (VOCASET's), or the release's
-    model = AutoAVSR(
-        AutoAVSRConfig(mode=args.mode, vocab="sentencepiece", vocab_size=OUTPUTS, fps=fps, dropout=0.0), StandIn()
-    ).train()
+    model = AutoAVSR(AutoAVSRConfig(mode=args.mode, vocab="sentencepiece", vocab_size=OUTPUTS), StandIn())
+    model.train()
     if args.guided:
         return guided(model, args)
     frames = round(25 * args.seconds)
@@ -92,13 +91,13 @@ def main():
 
 
 def guided(reader: AutoAVSR, args) -> None:
-    from gpu import FLAME_VERTICES, GuidedStep, face_mesh, make_batch, make_models
+    from gpu import FLAME_VERTICES, FPS, GuidedStep, face_mesh, make_batch, make_models
 
     mesh = face_mesh(FLAME_VERTICES)
     animator, _ = make_models(mesh, quick=False, seed=0)
     batch = make_batch(mesh, [args.seconds], seed=0)
     start = time.perf_counter()
-    step = GuidedStep(animator, reader, mesh, batch, torch.device("cpu"))
+    step = GuidedStep(animator, reader, mesh, batch, torch.device("cpu"), rates=(FPS, reader.cfg.fps))
     setup_s = time.perf_counter() - start
     times = []
     for r in range(args.repeats + 1):

@@ -255,7 +255,7 @@ def render_bench(mesh, device: torch.device, frames: int, repeats: int) -> dict:
 class GuidedStep:
     """The paper's guided step on `device` with copies of `animator` and `reader`: loss, backward, Adam."""
 
-    def __init__(self, animator, reader, mesh, batch: dict, device: torch.device, dtype=torch.float32):
+    def __init__(self, animator, reader, mesh, batch: dict, device: torch.device, dtype=torch.float32, rates=None):
         from avguide.losses import LossSetting, ReaderTerm
         from avguide.render.mouth import MouthView
 
@@ -263,7 +263,7 @@ class GuidedStep:
             mse=1.0, rlv=1.0, term="reader", weight=LAMBDA, joint=True, audio_mask=0.0, ctc=0.1, ce=0.9
         )
         self.animator = copy.deepcopy(animator).to(device, dtype).train()
-        view = MouthView(mesh, size=SIZE)
+        view = MouthView(mesh, size=SIZE, rates=rates)  # rates: (animation fps, reader fps) when they differ
         self.term = ReaderTerm(copy.deepcopy(reader), view, self.setting).to(device, dtype).train()
         self.lip_ids = mesh.lip_ids
         self.batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}

@@ -151,7 +151,7 @@ def pick_term(setting: LossSetting, params: dict, root, corpus: Corpus, seed: in
         cfg = CriticConfig(n_lip_vertices=len(lip_ids), fps=fps, **params["pretrain_critic"].get("model", {}))
         return CriticTerm(SyncCritic(cfg), lip_ids), "params.yaml pretrain_critic.model (fresh weights)"
     expert = Expert(reader_config(params["pretrain_expert"], "av", fps))
-    view = guide_view(corpus.topology, params["guide"]["render_size"], expert)
+    view = guide_view(corpus, params["guide"]["render_size"], expert)
     term = (ReaderTerm if setting.term == "reader" else FeatureTerm)(expert, view, setting)
     return term, "params.yaml pretrain_expert.model (fresh weights)"
 

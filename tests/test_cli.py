@@ -475,7 +475,7 @@ def test_transcribe_prints_what_the_evaluation_records(tmp_path, capsys, corpus,
 
     monkeypatch.setattr(avguide.models.expert, "joint_beam_search", spy)
     monkeypatch.setattr(avguide.evaluate, "render_items", lambda *args, **kw: items)
-    refs, (hyps,) = read_renders([judge], gt, view, None, progress=False)
+    refs, (hyps,) = read_renders([judge], gt, None, progress=False)
     assert refs == gt.split("test")["text"].tolist() and all(hyps)  # a random reader reads something
     for clip, hyp in zip(clips, hyps):
         code, out, err = run(capsys, "transcribe", clip, "--model-dir", tmp_path / "expert")

@@ -187,6 +187,8 @@ def test_read_lips_is_the_one_entry_and_decodes_with_the_saved_settings(tmp_path
     v = torch.from_numpy(video).float()[None] / 255
     assert read_lips(video, model_dir=tmp_path) == judge.transcribe(v, None)[0]
     assert read_lips(video, audio, model_dir=tmp_path) == expert.transcribe(v, None, torch.from_numpy(audio)[None])[0]
+    slow = v[:, torch.arange(24) // 2]  # the clip at twice the reader's frame rate, each frame twice
+    assert read_lips(slow[0], model_dir=tmp_path, fps=2 * judge.cfg.fps) == judge.transcribe(v, None)[0]
     with pytest.raises(FileNotFoundError, match="no trained judge here"):
         read_lips(video, model_dir=tmp_path / "nothing")
     assert not any(hasattr(avguide.models.expert, name) for name in ("read_lips", "transcribe", "read_clip"))

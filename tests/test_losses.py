@@ -234,3 +234,44 @@ def test_motion_basis_projects_the_gradient_only():
 def test_bad_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         LossSetting(**bad)
+
+
+def test_retime_interpolates_linearly_and_passes_the_gradient():
+    """retime: 30 fps -> 25 fps keeps the duration (60 frames -> 50), frame k is the input at time k/25 s
+    (linearly interpolated), every input frame gets a gradient; equal rates give the input itself."""
+    from avguide.render.mouth import retime, retimed_length
+
+    x = torch.arange(60, dtype=torch.float64)[:, None].repeat(1, 3).requires_grad_()
+    y = retime(x, 30, 25)
+    assert y.shape == (50, 3) and retimed_length(60, 30, 25) == 50
+    assert torch.allclose(y[:, 0], torch.arange(50, dtype=torch.float64) * 1.2)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert (grad[:59] > 0).all() and torch.isclose(grad.sum(), torch.tensor(150.0, dtype=torch.float64))
+    assert retime(x, 25, 25) is x
+    assert retimed_length(torch.tensor([60, 3]), 30, 25).tolist() == [50, 3]
+    assert retime(x, 25, 30).shape[0] == 72
+
+
+def test_the_reader_term_reads_at_the_readers_frame_rate(face, monkeypatch):
+    """A 30 fps animation read by a 25 fps reader (auto-AVSR's rate): the mouth view renders it retimed to 25 fps
+    and the reader is told the retimed lengths; the loss is finite and its gradient reaches the vertices. At equal
+    rates the view renders exactly what a view without rates renders."""
+    batch = mouth_batch(face, frames=12)
+    torch.manual_seed(0)
+    expert = Expert(ExpertConfig(mode="av", fps=25.0, **TINY_EXPERT))
+    seen = {}
+    loss = expert.loss
+
+    def spy(video, n_frames, *args, **kwargs):
+        seen.update(frames=video.shape[1], n=n_frames.tolist())
+        return loss(video, n_frames, *args, **kwargs)
+
+    monkeypatch.setattr(expert, "loss", spy)
+    term = ReaderTerm(expert, MouthView(face, rates=(30.0, 25.0)), LossSetting(term="reader", weight=1.0))
+    pred = batch["vertices"].clone().requires_grad_()
+    out = term(pred, batch)
+    assert seen == {"frames": 10, "n": [10]}
+    (grad,) = torch.autograd.grad(out["value"], pred)
+    assert torch.isfinite(out["value"]) and grad[0][:, face.lip_ids].abs().sum((-1, -2)).gt(0).all()  # every frame
+    same = MouthView(face, rates=(25.0, 25.0)).batch(batch["vertices"], batch["templates"], batch["n_frames"])
+    assert torch.equal(same, MouthView(face).batch(batch["vertices"], batch["templates"], batch["n_frames"]))

@@ -56,11 +56,15 @@ def trained_models(params: dict) -> dict[str, list[tuple[int, Path]]]:
     return models
 
 
-def read_renders(readers: list[Expert], corpus: Corpus, view: MouthView, sequences, progress: bool):
+def read_renders(readers: list[Expert], corpus: Corpus, sequences, progress: bool):
     """(references, one list of transcripts per reader) of mouth renders of one sequence per test utterance,
-    rendered once, each reader decoding with the settings saved with it."""
-    items = render_items(corpus, "test", view, sequences, progress=progress)
-    reads = [transcribe_dataset(reader, items) for reader in readers]
+    rendered once per reading frame rate (each reader reads at its own: MouthView.rates), each reader decoding
+    with the settings saved with it."""
+    items = {}
+    for fps in dict.fromkeys(reader.cfg.fps for reader in readers):
+        view = MouthView(corpus.topology, rates=(corpus.fps, fps))
+        items[fps] = render_items(corpus, "test", view, sequences, progress=progress)
+    reads = [transcribe_dataset(reader, items[reader.cfg.fps]) for reader in readers]
     return reads[0][0], [hyps for _, hyps in reads]
 
 
@@ -84,11 +88,10 @@ class TestScorer:
         self.corpus = Corpus(root / params["prepare"]["out"])
         self.test = TalkingFaceDataset(self.corpus, "test", cache=True)
         self.judges = [load_expert(folder, map_location="cpu") for folder in judge_folders(params)]
-        self.view = MouthView(self.corpus.topology)
         items = [self.test[i] for i in range(len(self.test))]
         self.true = [item["vertices"].numpy() for item in items]
         self.templates = [item["template"].numpy() for item in items]
-        self.fps = float(self.corpus.manifest["fps"].iloc[0])
+        self.fps = self.corpus.fps
         phonemes = self.corpus.phonemes()
         self.phonemes = None if phonemes is None else phonemes[phonemes["utterance"].isin(self.test.rows["utterance"])]
 
@@ -112,7 +115,7 @@ class TestScorer:
 
     def __call__(self, pred: list[np.ndarray]) -> tuple[dict, pd.DataFrame]:
         """Overall figures (METRICS and the LIP_METRICS the corpus allows) and one row per utterance."""
-        refs, (hyps, *second) = read_renders(self.judges, self.corpus, self.view, pred, self.progress)
+        refs, (hyps, *second) = read_renders(self.judges, self.corpus, pred, self.progress)
         rows = self.test.rows
         overall, per_utt = score(
             pred,

@@ -143,7 +143,7 @@ class ReaderTerm(FrozenModule):
         video = self.view.batch(vertices[:, : int(n_frames.max())], batch["templates"], n_frames)
         parts = reader.loss(
             blur_frames(video, s.blur_px),
-            n_frames,
+            self.view.lengths(n_frames),
             audio,
             audio_lengths,
             batch["tokens"],
@@ -167,23 +167,24 @@ class FeatureTerm(FrozenModule):
 
     def features(self, vertices: torch.Tensor, templates: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
         video = self.view.batch(vertices[:, : int(n_frames.max())], templates, n_frames)
-        return self.model.video_features(blur_frames(video, self.setting.blur_px), n_frames)
+        return self.model.video_features(blur_frames(video, self.setting.blur_px), self.view.lengths(n_frames))
 
     def forward(self, vertices: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         self.frozen_check()
         n_frames = batch["n_frames"]
+        n_read = self.view.lengths(n_frames)  # the frames the reader reads (the view may retime them)
         missing = [b for b, u in enumerate(batch["utterances"]) if u not in self.reference]
         if missing:
             with torch.no_grad():
                 idx = torch.tensor(missing, device=n_frames.device)
                 ref = self.features(batch["vertices"][idx], batch["templates"][idx], n_frames[idx])
             for k, b in enumerate(missing):
-                self.reference[batch["utterances"][b]] = ref[k, : int(n_frames[b])].detach()
+                self.reference[batch["utterances"][b]] = ref[k, : int(n_read[b])].detach()
         pred = self.features(vertices, batch["templates"], n_frames)
         ref = torch.zeros_like(pred)
         for b, u in enumerate(batch["utterances"]):
-            ref[b, : int(n_frames[b])] = self.reference[u].to(pred.device)
-        mask = torch.arange(pred.shape[1], device=pred.device)[None] < n_frames.to(pred.device)[:, None]
+            ref[b, : int(n_read[b])] = self.reference[u].to(pred.device)
+        mask = torch.arange(pred.shape[1], device=pred.device)[None] < n_read.to(pred.device)[:, None]
         return {"value": ((pred - ref) ** 2).mean(-1)[mask].mean()}
 
 

@@ -19,6 +19,7 @@ import torch
 from avguide.data.audio import load_wav
 from avguide.models.expert import Expert, load_expert
 from avguide.params import project_root
+from avguide.render.mouth import retime
 from avguide.render.video import read_video
 
 MODEL_DIR = "data/models/expert"  # the default reader folders, below the project root
@@ -67,11 +68,17 @@ def as_audio(audio) -> torch.Tensor:
     return torch.as_tensor(np.asarray(audio, np.float32)).reshape(-1)
 
 
-def read_lips(video, audio=None, model_dir: str | Path | None = None) -> str:
+def read_lips(video, audio=None, model_dir: str | Path | None = None, fps: float | None = None) -> str:
     """What is said in `video` (a path to a grey mouth-crop video, or (T, H, W) frames, uint8 or in [0, 1]): read
     by the audio-visual expert when `audio` (a speech file or 16 kHz samples) is given, else by the visual-only
-    judge; both from `model_dir` (default data/models/expert), decoding with the settings saved with them."""
+    judge; both from `model_dir` (default data/models/expert), decoding with the settings saved with them. The
+    frames are resampled in time from `fps` (default: a file's own frame rate; frames given as an array: the
+    reader's) to the reader's frame rate."""
     model = _load(reader_folder(model_dir, audio is not None).resolve())
-    v = as_video(video)[None].to(model.device) if model.cfg.mode != "audio" else None
+    if isinstance(video, (str, Path)):
+        video, file_fps = read_video(video)
+        fps = fps or file_fps
+    frames = retime(as_video(video), fps or model.cfg.fps, model.cfg.fps)
+    v = frames[None].to(model.device) if model.cfg.mode != "audio" else None
     a = as_audio(audio)[None].to(model.device) if audio is not None and model.cfg.mode != "video" else None
     return model.transcribe(v, None, a, None)[0]

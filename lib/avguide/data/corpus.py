@@ -169,6 +169,14 @@ class Corpus:
         """Subjects per split, sorted."""
         return {s: sorted(self.manifest.loc[self.manifest["split"] == s, "subject"].unique()) for s in SPLITS}
 
+    @property
+    def fps(self) -> float:
+        """The corpus' frame rate; one for all its utterances (else an error naming the rates)."""
+        rates = sorted({float(x) for x in self.manifest["fps"]})
+        if len(rates) != 1:
+            raise ValueError(f"{self.root / 'manifest.csv'}: utterances at several frame rates {rates}; expected one")
+        return rates[0]
+
     def summary(self) -> pd.DataFrame:
         """Subjects, utterances, frames and minutes of motion per split."""
         m = self.manifest.assign(seconds=self.manifest["n_frames"] / self.manifest["fps"])

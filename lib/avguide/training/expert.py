@@ -330,16 +330,18 @@ def evaluate_readers(expert: Reader, test: AVDataset, settings: dict) -> tuple[d
 # ------------------------------------------------------------------ the judge on renders of the 3D corpus
 
 
-def render_3d_split(corpus, split: str = "test", static: bool = False, size: int = 88) -> list[tuple[np.ndarray, str]]:
+def render_3d_split(
+    corpus, split: str = "test", static: bool = False, size: int = 88, fps: float | None = None
+) -> list[tuple[np.ndarray, str]]:
     """Grey mouth crops of every utterance of a 3D corpus split as the AV losses render them
-    (avguide.render.mouth.MouthView): (T, H, W) in [0, 1] and the text. `static=True` renders the template
-    for every frame (no motion)."""
+    (avguide.render.mouth.MouthView), at `fps` (a reader's frame rate; default the corpus'): (T, H, W) in [0, 1]
+    and the text. `static=True` renders the template for every frame (no motion)."""
     topo = corpus.topology
     if topo.albedo is None:
         raise ValueError(
             f"{corpus.root / 'topology.npz'}: no albedo; the judge-on-3D figures need the synthetic corpus"
         )
-    view = MouthView(topo, size=size, chunk=16)
+    view = MouthView(topo, size=size, chunk=16, rates=(corpus.fps, fps or corpus.fps))
     out = []
     for _, row in corpus.split(split).iterrows():
         template = corpus.templates[row["subject"]]
@@ -469,7 +471,7 @@ def pretrain_judge(params: dict, name: str, progress: bool = True) -> dict:
     if s["eval"]["judge_3d"]:
         corpus3d = Corpus(project_root() / params["prepare"]["out"])
         for key, static in (("ground_truth", False), ("static_template", True)):
-            refs, hyps = judge_renders(judge, render_3d_split(corpus3d, "test", static=static), **kw)
+            refs, hyps = judge_renders(judge, render_3d_split(corpus3d, "test", static=static, fps=judge.cfg.fps), **kw)
             metrics[f"cer_3d_{key}"], metrics[f"wer_3d_{key}"] = cer(refs, hyps), wer(refs, hyps)
             examples[f"3d_{key}"] = list(zip(refs[:5], hyps[:5]))
     metrics.update(

@@ -47,7 +47,8 @@ def render_items(
     corpus: Corpus, split: str, view: MouthView, sequences: list[np.ndarray] | None = None, progress: bool = True
 ) -> list[dict]:
     """A split of the 3D corpus as a 2D lip-reading dataset (items for collate_av): uint8 mouth renders of the
-    ground-truth meshes, or of `sequences` (one (T, V, 3) array per utterance of the split, in order)."""
+    ground-truth meshes, or of `sequences` (one (T, V, 3) array per utterance of the split, in order), at the
+    view's reading frame rate (MouthView.rates)."""
     rows = corpus.split(split)
     items = []
     for i, row in enumerate(tqdm(list(rows.itertuples()), desc=f"render {split}", disable=not progress)):
@@ -79,11 +80,11 @@ def reading_scores(expert: Expert, items: list[dict], settings: dict, prefix: st
     return out
 
 
-def guide_view(topology, render_size: int, expert: Expert) -> MouthView:
-    """The mouth view of L_av and of the expert's fine-tuning, rasterized at `render_size` (guide.render_size),
-    which must not be coarser than the grid the expert reads (the view's frames pooled by video_pool; an auto-AVSR
-    reader pools nothing)."""
-    view = MouthView(topology, render_size=render_size)
+def guide_view(corpus: Corpus, render_size: int, expert: Expert) -> MouthView:
+    """The mouth view of L_av and of the expert's fine-tuning: the corpus' animations at the expert's frame rate,
+    rasterized at `render_size` (guide.render_size), which must not be coarser than the grid the expert reads (the
+    view's frames pooled by video_pool; an auto-AVSR reader pools nothing)."""
+    view = MouthView(corpus.topology, render_size=render_size, rates=(corpus.fps, expert.cfg.fps))
     pool = getattr(expert.cfg, "video_pool", 1)
     if render_size * pool < view.size:
         raise ValueError(
@@ -105,7 +106,7 @@ def finetune_expert(params: dict, progress: bool = True) -> dict:
     corpus = Corpus(root / params["prepare"]["out"])
     source = Path(g["expert_start"]) if g.get("expert_start") else root / pe["out"] / "model"
     expert = load_expert(source, map_location="cpu")  # with the decoding it was saved with
-    view = guide_view(corpus.topology, g["render_size"], expert)
+    view = guide_view(corpus, g["render_size"], expert)
     train, test = (
         render_items(corpus, "train", view, progress=progress),
         render_items(corpus, "test", view, progress=progress),
@@ -163,7 +164,7 @@ def loss_term(setting: LossSetting, params: dict, corpus: Corpus, seed: int):
         torch.manual_seed(seed + 1)
         random = type(expert)(expert.cfg)
         random.vocab, expert = expert.vocab, random
-    view = guide_view(corpus.topology, g["render_size"], expert)
+    view = guide_view(corpus, g["render_size"], expert)
     return (ReaderTerm if setting.term == "reader" else FeatureTerm)(expert, view, setting)
 
 
