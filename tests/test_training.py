@@ -366,3 +366,27 @@ def test_training_is_exact_on_one_processor_and_close_across_processors(tmp_path
     assert all(torch.equal(here[k], weights["again"][k]) for k in here)
     for name in ("avx2", "mkl_compatible"):
         assert max((here[k] - weights[name][k]).abs().max().item() for k in here) < 1e-4, name
+
+
+@pytest.mark.parametrize("animator", ["faceformer", "codetalker"])
+def test_a_saved_animator_records_its_speech_encoder_folder_as_params_give_it(
+    tiny_corpus, tmp_path, monkeypatch, animator
+):
+    """train.<animator>.pretrained_audio, relative to the project root as every params path: the encoder's weights
+    come from that folder, and the saved config records the relative path, not where the project happens to be, so
+    the same training writes the same bytes in any checkout."""
+    import avguide.training.run as run
+    from avguide.data.corpus import Corpus
+    from avguide.models.checkpoint import save_checkpoint
+    from avguide.training.audio import speech_model
+
+    torch.manual_seed(1)
+    ctc = speech_model({"hidden_size": 32, "intermediate_size": 64})
+    ctc.save_pretrained(tmp_path / "models" / "audio", safe_serialization=True)
+    monkeypatch.setattr(run, "project_root", lambda: tmp_path)
+    settings = dict(tiny_params(tiny_corpus, tmp_path)["train"][animator], pretrained_audio="models/audio")
+    model = run.build_animator(animator, settings, Corpus(tiny_corpus))
+    q = model.audio_encoder.wav2vec2.encoder.layers[0].attention.q_proj.weight
+    assert torch.equal(q, ctc.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    save_checkpoint(model, tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["pretrained_audio"] == "models/audio"

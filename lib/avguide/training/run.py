@@ -26,10 +26,14 @@ def build_animator(name: str, settings: dict, corpus: Corpus):
     model_cls, cfg_cls = ANIMATORS[name]
     fps = float(corpus.manifest["fps"].iloc[0])
     settings = {k: v for k, v in settings.items() if k not in ("epochs", "lr")}
-    if settings.get("pretrained_audio"):  # a relative folder is under the project root, as every params path
-        settings["pretrained_audio"] = str(project_root() / settings["pretrained_audio"])
+    given = settings.get("pretrained_audio")
+    if given:  # a relative folder is under the project root, as every params path
+        settings["pretrained_audio"] = str(project_root() / given)
     cfg = cfg_cls(n_vertices=corpus.n_vertices, n_subjects=len(corpus.subjects["train"]), fps=fps, **settings)
-    return model_cls(cfg)
+    model = model_cls(cfg)
+    if given:  # read once, above; recorded as params give it, so the saved bytes do not depend on where the project is
+        model.cfg.pretrained_audio = given
+    return model
 
 
 def stage_settings(model, settings: dict, epochs: int, lr: float) -> list[tuple[object, int, float]]:
